@@ -1,0 +1,164 @@
+"""Live audio output through PortAudio (sounddevice): device lookup, the stream, the callback.
+
+The callback does three things: mix the next block into PortAudio's buffer, hand it to the
+recorder's ring, count underflow flags. Everything else (clip loading, script scheduling,
+status) runs on the control loop in `play()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from instrument.engine import Engine
+from instrument.errors import AudioDeviceError
+from instrument.render import Recorder
+
+log = logging.getLogger(__name__)
+
+
+def _sd() -> Any:
+    try:
+        import sounddevice as sd
+    except OSError as e:  # PortAudio library missing
+        raise AudioDeviceError(f"PortAudio is not installed ({e}): run `sudo apt-get install libportaudio2` "
+                               "(Debian/Ubuntu) or `brew install portaudio` (macOS)") from None
+    return sd
+
+
+def output_devices() -> list[dict[str, Any]]:
+    """Every device with output channels: index, name, host API, channels, default rate."""
+    sd = _sd()
+    apis = sd.query_hostapis()
+    out = []
+    for i, d in enumerate(sd.query_devices()):
+        if d["max_output_channels"] > 0:
+            out.append({"index": i, "name": d["name"], "hostapi": apis[d["hostapi"]]["name"],
+                        "channels": d["max_output_channels"], "samplerate": d["default_samplerate"],
+                        "default": i == sd.default.device[1]})
+    return out
+
+
+def find_device(spec: str | int | None) -> int | None:
+    """Resolve `--device` (index, or a case-insensitive part of the name) to an index."""
+    if spec is None or spec == "":
+        return None
+    devices = output_devices()
+    names = "; ".join(f"{d['index']}: {d['name']}" for d in devices) or "none"
+    if isinstance(spec, int) or str(spec).isdigit():
+        idx = int(spec)
+        if any(d["index"] == idx for d in devices):
+            return idx
+        raise AudioDeviceError(f"--device {spec}: no output device with that index (outputs: {names}); "
+                               "see `endless devices`")
+    hits = [d for d in devices if str(spec).lower() in d["name"].lower()]
+    if not hits:
+        raise AudioDeviceError(f"--device {spec!r}: no output device matches (outputs: {names}); "
+                               "see `endless devices`")
+    return int(hits[0]["index"])
+
+
+def device_rate(device: int | None) -> int:
+    sd = _sd()
+    try:
+        info = sd.query_devices(device, "output")
+    except Exception as e:
+        raise AudioDeviceError(f"no audio output device ({e}): connect one, start JACK, or use "
+                               "`endless render` to write a file instead") from None
+    return int(info["default_samplerate"])
+
+
+@dataclass
+class PlaySummary:
+    seconds: float
+    underflows: int
+    starvations: int
+    callbacks: int
+    clips_dropped: int
+    recorder_overflows: int
+
+    def line(self) -> str:
+        return (f"played {self.seconds:.1f} s: {self.underflows} underflows, {self.starvations} starvations, "
+                f"{self.clips_dropped} clips dropped, {self.recorder_overflows} recorder overflows")
+
+
+class Output:
+    """A sounddevice OutputStream driving an Engine's mixer."""
+
+    def __init__(self, engine: Engine, device: int | None = None, blocksize: int = 0,
+                 latency: str | float = "low", recorder: Recorder | None = None,
+                 record_frames: int | None = None, timings: np.ndarray | None = None) -> None:
+        self.engine = engine
+        self.mixer = engine.mixer
+        self.recorder = recorder
+        self.record_left = -1 if record_frames is None else record_frames
+        self.underflows = 0
+        self.callbacks = 0
+        self.timings = timings  # optional preallocated int64 array: callback cost in ns, ring
+        sd = _sd()
+        try:
+            self.stream = sd.OutputStream(samplerate=engine.cfg.sample_rate, blocksize=blocksize,
+                                          device=device, channels=2, dtype="float32",
+                                          latency=latency, callback=self._callback)
+        except Exception as e:
+            raise AudioDeviceError(f"cannot open output device {device if device is not None else '(default)'} "
+                                   f"at {engine.cfg.sample_rate} Hz: {e}; see `endless devices`") from None
+
+    def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        t0 = time.perf_counter_ns()
+        if status.output_underflow:
+            self.underflows += 1
+        self.mixer.process(outdata)
+        rec = self.recorder
+        if rec is not None and self.record_left != 0:
+            if 0 < self.record_left < frames:
+                rec.tap(outdata[:self.record_left])
+                self.record_left = 0
+            else:
+                rec.tap(outdata)
+                if self.record_left > 0:
+                    self.record_left -= frames
+        tm = self.timings
+        if tm is not None:
+            tm[self.callbacks % tm.shape[0]] = time.perf_counter_ns() - t0
+        self.callbacks += 1
+
+    def __enter__(self) -> Output:
+        self.stream.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stream.stop()
+        self.stream.close()
+
+
+def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency: str | float = "low",
+         seconds: float | None = None, recorder: Recorder | None = None,
+         status: Callable[[Engine, Output], None] | None = None, lookahead: float = 0.5) -> PlaySummary:
+    """Play until `seconds` of output have been produced (None: until Ctrl-C)."""
+    sr = engine.cfg.sample_rate
+    engine.schedule_script(int(lookahead * sr))
+    engine.pump()
+    limit = None if seconds is None else int(round(seconds * sr))
+    out = Output(engine, device, blocksize, latency, recorder, limit)
+    last_status = 0.0
+    try:
+        with out:
+            while limit is None or engine.mixer.frame < limit:
+                engine.schedule_script(engine.mixer.frame + int(lookahead * sr))
+                engine.pump()
+                now = time.monotonic()
+                if status is not None and now - last_status > 0.25:
+                    status(engine, out)
+                    last_status = now
+                time.sleep(0.01)
+    except KeyboardInterrupt:
+        pass
+    st = engine.stats()
+    return PlaySummary(engine.mixer.frame / sr, out.underflows, sum(st.starvations), out.callbacks,
+                       st.clips_dropped, recorder.overflows if recorder else 0)

@@ -1,0 +1,277 @@
+"""The `endless` command line: play, render, devices, doctor, demo-clips.
+
+Library code never sees argparse: this module builds the config dataclasses, turns every
+EndlessError into one line on stderr and an exit code (`--verbose` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from instrument import __version__
+from instrument.errors import ConfigError, EndlessError
+from instrument.mixer import MixerConfig
+from instrument.params import PARAMS, Param, Registry
+
+log = logging.getLogger("endless")
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "endless"
+
+
+def _registry_flags(ap: argparse.ArgumentParser) -> None:
+    """Flags for the registry parameters marked cli=True, with their range and default."""
+    for p in PARAMS:
+        if not p.cli:
+            continue
+        if p.kind == "enum":
+            ap.add_argument(f"--{p.name}", choices=p.choices, default=p.default,
+                            help=f"{p.doc} (default {p.default})")
+        else:
+            ap.add_argument(f"--{p.name}", type=float, default=p.default, metavar=p.unit.upper() or "X",
+                            help=f"{p.doc} ({p.min:g}..{p.max:g} {p.unit}, default {p.default})")
+
+
+def _mix_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--clips", type=Path, metavar="DIR",
+                    help="folder of audio files (subfolders: one per slot); default: the built-in demo textures")
+    ap.add_argument("--assign", choices=("auto", "round-robin", "subfolder"), default="auto",
+                    help="how files are spread over slots (default auto: by subfolder if there are any)")
+    ap.add_argument("--slots", type=int, default=4, metavar="N", help="number of slots, 1..16 (default 4)")
+    _registry_flags(ap)
+    ap.add_argument("--script", type=Path, metavar="FILE",
+                    help='timed control events, JSON lines {"t": s, "address": "/endless/...", "args": [...]}')
+    ap.add_argument("--seed", type=int, default=0, help="seed for clip order (default 0: reproducible)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="endless", description="A live instrument that turns text prompts "
+                                 "into an endless, evolving soundscape.")
+    ap.add_argument("--version", action="version", version=f"endless {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("play", help="play live to an audio device")
+    _mix_args(p)
+    p.add_argument("--device", help="output device: index or part of its name (see `endless devices`)")
+    p.add_argument("--samplerate", type=int, help="device rate in Hz (default: the device's own)")
+    p.add_argument("--blocksize", type=int, default=0, help="frames per callback (default 0: the host's choice)")
+    p.add_argument("--latency", default="low", help="'low', 'high' or seconds (default low)")
+    p.add_argument("--record", type=Path, metavar="FILE", help="also record the output to FILE (.wav or .flac)")
+    p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+
+    r = sub.add_parser("render", help="render offline to a file, faster than real time")
+    _mix_args(r)
+    r.add_argument("--seconds", type=float, required=True, help="length of the render")
+    r.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file (.wav or .flac)")
+    r.add_argument("--samplerate", type=int, default=44100, help="output rate in Hz (default 44100)")
+    r.add_argument("--blocksize", type=int, default=512, help="frames per block (default 512)")
+
+    sub.add_parser("devices", help="list audio output devices")
+    sub.add_parser("doctor", help="what is installed and usable here")
+    d = sub.add_parser("demo-clips", help="write the built-in demo textures to a folder")
+    d.add_argument("dir", type=Path, nargs="?", help="target folder (default: the cache)")
+    return ap
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def _mixer_config(args: argparse.Namespace, sample_rate: int) -> MixerConfig:
+    _check(1 <= args.slots <= 16, f"--slots {args.slots}: allowed 1..16")
+    reg = Registry(slots=args.slots)
+    values = {}
+    for p in PARAMS:
+        if p.cli:
+            values[p.name] = _flag_value(reg, p, getattr(args, p.name))
+    blocksize = getattr(args, "blocksize", 0) or 0
+    _check(0 <= blocksize <= 16384, f"--blocksize {blocksize}: allowed 0..16384")
+    _check(8000 <= sample_rate <= 384000, f"--samplerate {sample_rate}: allowed 8000..384000 Hz")
+    return MixerConfig(slots=args.slots, sample_rate=sample_rate, max_block=max(4096, blocksize),
+                       xfade=float(values["xfade"]), curve=str(values["curve"]))
+
+
+def _flag_value(reg: Registry, p: Param, value: object) -> object:
+    try:
+        return reg.check(p, value, f"--{p.name}")
+    except EndlessError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _demo_dir(slots: int) -> Path:
+    from instrument.demo import write_demo_clips
+
+    d = _cache_dir() / "demo-clips"
+    write_demo_clips(d, slots=min(slots, 4))
+    return d
+
+
+def _engine(args: argparse.Namespace, sample_rate: int):  # type: ignore[no-untyped-def]
+    from instrument.engine import Engine
+    from instrument.script import load_script
+    from instrument.sources import FolderSource
+
+    cfg = _mixer_config(args, sample_rate)
+    clips = args.clips
+    if clips is None:
+        clips = _demo_dir(args.slots)
+        log.info("no --clips given: playing the built-in demo textures from %s", clips)
+    source = FolderSource(clips, cfg.slots, sample_rate, assign=args.assign, seed=args.seed)
+    engine = Engine(cfg, source)
+    if args.script is not None:
+        engine.load_script(load_script(args.script, engine.registry))
+    return engine
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from instrument.render import check_output_path, render, write_audio
+
+    _check(args.seconds > 0, f"--seconds {args.seconds}: must be > 0")
+    _check(1 <= args.blocksize <= 16384, f"--blocksize {args.blocksize}: allowed 1..16384")
+    check_output_path(args.out)
+    engine = _engine(args, args.samplerate)
+    t0 = time.perf_counter()
+    bar = _Progress("render") if sys.stderr.isatty() else None
+    audio = render(engine, args.seconds, args.blocksize, bar.update if bar else None)
+    if bar:
+        bar.done()
+    wall = time.perf_counter() - t0
+    write_audio(args.out, audio, args.samplerate)
+    st = engine.stats()
+    print(f"wrote {args.out}: {args.seconds:g} s, {args.samplerate} Hz stereo, {args.seconds / wall:.0f}x real "
+          f"time, {sum(st.starvations)} starvations, limiter {st.limiter_db:.1f} dB")
+    return 0
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    from instrument.audio import device_rate, find_device, play
+    from instrument.render import Recorder, check_output_path
+
+    _check(args.seconds is None or args.seconds > 0, f"--seconds {args.seconds}: must be > 0")
+    latency: str | float = args.latency
+    if latency not in ("low", "high"):
+        try:
+            latency = float(latency)
+        except ValueError:
+            raise ConfigError(f"--latency {args.latency!r}: use low, high or a number of seconds") from None
+    if args.record is not None:
+        check_output_path(args.record)
+    device = find_device(args.device)
+    rate = args.samplerate or device_rate(device)
+    engine = _engine(args, rate)
+    recorder = Recorder(args.record, rate) if args.record is not None else None
+    status = _status_line if sys.stderr.isatty() else None
+    try:
+        summary = play(engine, device, args.blocksize, latency, args.seconds, recorder, status)
+    finally:
+        if recorder is not None:
+            recorder.close()
+    if status:
+        sys.stderr.write("\n")
+    print(summary.line())
+    return 0
+
+
+def _status_line(engine, out) -> None:  # type: ignore[no-untyped-def]
+    st = engine.stats()
+    slots = " ".join(f"{i + 1}:{_meter(lv)}{b:4.0f}s" for i, (lv, b) in enumerate(zip(st.levels, st.buffered_seconds)))
+    sys.stderr.write(f"\r{st.frames / engine.cfg.sample_rate:7.1f}s  {slots}  xruns {out.underflows}  "
+                     f"starved {sum(st.starvations)}  lim {st.limiter_db:4.1f}dB ")
+    sys.stderr.flush()
+
+
+def _meter(level: float) -> str:
+    import math
+
+    db = 20 * math.log10(level) if level > 0 else -99.0
+    n = max(0, min(5, int((db + 50) / 10)))
+    return "#" * n + "." * (5 - n)
+
+
+class _Progress:
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.last = 0.0
+
+    def update(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.1 and done < total:
+            return
+        self.last = now
+        frac = done / total
+        sys.stderr.write(f"\r{self.label} [{'#' * int(frac * 30):<30}] {frac * 100:5.1f}%")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\n")
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from instrument.audio import output_devices
+
+    devices = output_devices()
+    if not devices:
+        print("no audio output devices (start JACK or connect one; `endless render` needs none)")
+        return 1
+    for d in devices:
+        mark = "*" if d["default"] else " "
+        print(f"{mark} {d['index']:3d}  {d['name']}  [{d['hostapi']}]  {d['channels']} ch  {d['samplerate']:.0f} Hz")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from instrument.doctor import run_checks
+
+    bad = 0
+    for check in run_checks():
+        print(check.line())
+        bad += check.status == "fail"
+    return 1 if bad else 0
+
+
+def cmd_demo_clips(args: argparse.Namespace) -> int:
+    from instrument.demo import write_demo_clips
+
+    d = args.dir or _cache_dir() / "demo-clips"
+    files = write_demo_clips(d)
+    print(f"{len(files)} demo clips in {d}")
+    return 0
+
+
+COMMANDS = {"play": cmd_play, "render": cmd_render, "devices": cmd_devices, "doctor": cmd_doctor,
+            "demo-clips": cmd_demo_clips}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="endless: %(message)s", stream=sys.stderr)
+    if args.command is None:
+        ap.print_help()
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except EndlessError as e:
+        if args.verbose:
+            raise
+        print(f"endless: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

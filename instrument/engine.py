@@ -1,0 +1,149 @@
+"""The control side of the instrument: parameter state, commands to the mixer, clip feeding.
+
+One Engine owns one Mixer. Everything that changes the sound (scripts now; OSC, MIDI and presets
+later) goes through `Engine.set`, which validates against the registry first, so a bad message
+changes nothing. `pump()` keeps every slot's queue topped up from the clip source and takes back
+the buffers the audio thread retired; it runs on the control thread (live) or between blocks
+(offline render), never on the audio thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from instrument.errors import ParamError
+from instrument.mixer import MIXER_OPS, OP_PUSH, Command, Mixer, MixerConfig
+from instrument.params import Param, Ref, Registry, Value
+from instrument.script import Event
+from instrument.sources import ClipSource
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Ref, Value], None]
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    frames: int
+    starvations: tuple[int, ...]
+    transitions: tuple[int, ...]
+    queue_depths: tuple[int, ...]
+    buffered_seconds: tuple[float, ...]
+    levels: tuple[float, ...]
+    clips_dropped: int
+    commands_rejected: int
+    limiter_db: float
+
+
+class Engine:
+    def __init__(self, cfg: MixerConfig, source: ClipSource | None = None, target_depth: int = 2,
+                 prefix: str = "/endless") -> None:
+        self.cfg = cfg
+        self.registry = Registry(slots=cfg.slots, prefix=prefix)
+        self.mixer = Mixer(cfg)
+        self.source = source
+        self.target_depth = min(target_depth, cfg.queue_capacity)
+        self.values: dict[tuple[str, int | None], Value] = self.registry.defaults()
+        self.values[("xfade", None)] = cfg.xfade
+        self.values[("curve", None)] = cfg.curve
+        self._sent = [0] * cfg.slots  # clip pushes sent per slot (the mixer counts those applied)
+        self.listeners: list[Listener] = []
+        self._script: list[Event] = []
+        self._script_i = 0
+
+    # -- parameters ------------------------------------------------------------------------------
+    def handle(self, address: str, args: Sequence[object], frame: int = -1) -> tuple[Ref, Value]:
+        """Validate and apply one OSC-style message; raises ParamError and changes nothing if bad."""
+        ref = self.registry.resolve(address)
+        value = self.registry.coerce(ref, args)
+        self.set(ref, value, frame)
+        return ref, value
+
+    def set(self, ref: Ref, value: Value, frame: int = -1, glide: float | None = None) -> None:
+        p = ref.param
+        if p.target == "mixer":
+            cmd = Command(MIXER_OPS[p.key], -1 if ref.slot is None else ref.slot, _code(p, value),
+                          p.smoothing if glide is None else glide, None, frame)
+            if not self.mixer.send(cmd):
+                raise ParamError(f"{ref.address(self.registry.prefix)}: the audio thread's command queue "
+                                 "is full (is the audio stream running?)")
+        if p.kind != "trigger":
+            self.values[(p.key, ref.slot)] = value
+        for fn in self.listeners:
+            fn(ref, value)
+
+    def get(self, key: str, slot: int | None = None) -> Value:
+        return self.values[(key, slot)]
+
+    # -- scripts ---------------------------------------------------------------------------------
+    def load_script(self, events: list[Event]) -> None:
+        self._script = list(events)
+        self._script_i = 0
+
+    def schedule_script(self, until_frame: int) -> None:
+        """Queue script events due before `until_frame` as commands timed to their exact frame."""
+        sr = self.cfg.sample_rate
+        while self._script_i < len(self._script):
+            ev = self._script[self._script_i]
+            frame = int(round(ev.t * sr))
+            if frame >= until_frame:
+                break
+            self.handle(ev.address, ev.args, frame)
+            self._script_i += 1
+
+    # -- clips -----------------------------------------------------------------------------------
+    def pending(self, slot: int) -> int:
+        """Clips queued or on their way to the slot's queue."""
+        s = self.mixer.slots[slot]
+        return s.q_count + (self._sent[slot] - s.pushes)
+
+    def pump(self) -> int:
+        """Top up every slot's queue from the source; take back retired buffers. Returns clips sent."""
+        self.mixer.returned()  # dropping the references frees the buffers here, off the audio thread
+        if self.source is None:
+            return 0
+        sent = 0
+        for i in range(self.cfg.slots):
+            while self.pending(i) < self.target_depth:
+                clip = self.source.next_clip(i)
+                if clip is None:
+                    break
+                if clip.sample_rate != self.cfg.sample_rate:
+                    raise ValueError(f"clip at {clip.sample_rate} Hz for a {self.cfg.sample_rate} Hz mixer")
+                if not self.push_clip(i, clip.audio):
+                    break
+                sent += 1
+        return sent
+
+    def push_clip(self, slot: int, audio: np.ndarray) -> bool:
+        if not self.mixer.send(Command(OP_PUSH, slot, clip=audio)):
+            return False
+        self._sent[slot] += 1
+        return True
+
+    def stats(self) -> EngineStats:
+        m = self.mixer
+        return EngineStats(
+            frames=m.frame,
+            starvations=tuple(s.starvations for s in m.slots),
+            transitions=tuple(s.transitions for s in m.slots),
+            queue_depths=tuple(s.q_count for s in m.slots),
+            buffered_seconds=tuple(m.buffered_frames(i) / self.cfg.sample_rate for i in range(self.cfg.slots)),
+            levels=tuple(s.level for s in m.slots),
+            clips_dropped=m.clips_dropped,
+            commands_rejected=m.commands_rejected,
+            limiter_db=m.limiter.reducing,
+        )
+
+
+def _code(p: Param, value: Value) -> float:
+    """A registry value as the float the mixer's opcode takes."""
+    if p.kind == "enum":
+        return float(p.choices.index(str(value)))  # the mixer's CURVES/MORPH_MODES are these choices
+    if p.kind in ("bool", "trigger"):
+        return 1.0 if value else 0.0
+    return float(value)
