@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("devices", help="list audio output devices")
     sub.add_parser("doctor", help="what is installed and usable here")
+    sub.add_parser("docs", help="print the parameter and OSC reference (docs/osc.md)")
     d = sub.add_parser("demo-clips", help="write the built-in demo textures to a folder")
     d.add_argument("dir", type=Path, nargs="?", help="target folder (default: the cache)")
     return ap
@@ -92,7 +93,7 @@ def _check(ok: bool, msg: str) -> None:
 def _mixer_config(args: argparse.Namespace, sample_rate: int) -> MixerConfig:
     _check(1 <= args.slots <= 16, f"--slots {args.slots}: allowed 1..16")
     reg = Registry(slots=args.slots)
-    values = {}
+    values: dict[str, float | str] = {}
     for p in PARAMS:
         if p.cli:
             values[p.name] = _flag_value(reg, p, getattr(args, p.name))
@@ -103,9 +104,10 @@ def _mixer_config(args: argparse.Namespace, sample_rate: int) -> MixerConfig:
                        xfade=float(values["xfade"]), curve=str(values["curve"]))
 
 
-def _flag_value(reg: Registry, p: Param, value: object) -> object:
+def _flag_value(reg: Registry, p: Param, value: object) -> float | str:
     try:
-        return reg.check(p, value, f"--{p.name}")
+        v = reg.check(p, value, f"--{p.name}")
+        return v if isinstance(v, str) else float(v)
     except EndlessError as e:
         raise ConfigError(str(e)) from None
 
@@ -186,7 +188,8 @@ def cmd_play(args: argparse.Namespace) -> int:
 
 def _status_line(engine, out) -> None:  # type: ignore[no-untyped-def]
     st = engine.stats()
-    slots = " ".join(f"{i + 1}:{_meter(lv)}{b:4.0f}s" for i, (lv, b) in enumerate(zip(st.levels, st.buffered_seconds)))
+    pairs = enumerate(zip(st.levels, st.buffered_seconds, strict=True))
+    slots = " ".join(f"{i + 1}:{_meter(lv)}{b:4.0f}s" for i, (lv, b) in pairs)
     sys.stderr.write(f"\r{st.frames / engine.cfg.sample_rate:7.1f}s  {slots}  xruns {out.underflows}  "
                      f"starved {sum(st.starvations)}  lim {st.limiter_db:4.1f}dB ")
     sys.stderr.flush()
@@ -241,6 +244,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_docs(args: argparse.Namespace) -> int:
+    from instrument.docs import osc_reference
+
+    sys.stdout.write(osc_reference())
+    return 0
+
+
 def cmd_demo_clips(args: argparse.Namespace) -> int:
     from instrument.demo import write_demo_clips
 
@@ -250,7 +260,7 @@ def cmd_demo_clips(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"play": cmd_play, "render": cmd_render, "devices": cmd_devices, "doctor": cmd_doctor,
+COMMANDS = {"play": cmd_play, "render": cmd_render, "devices": cmd_devices, "doctor": cmd_doctor, "docs": cmd_docs,
             "demo-clips": cmd_demo_clips}
 
 

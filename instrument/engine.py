@@ -54,6 +54,7 @@ class Engine:
         self.listeners: list[Listener] = []
         self._script: list[Event] = []
         self._script_i = 0
+        self.buffers_returned = 0
 
     # -- parameters ------------------------------------------------------------------------------
     def handle(self, address: str, args: Sequence[object], frame: int = -1) -> tuple[Ref, Value]:
@@ -103,7 +104,8 @@ class Engine:
 
     def pump(self) -> int:
         """Top up every slot's queue from the source; take back retired buffers. Returns clips sent."""
-        self.mixer.returned()  # dropping the references frees the buffers here, off the audio thread
+        # dropping the references frees the buffers here, off the audio thread
+        self.buffers_returned += len(self.mixer.returned())
         if self.source is None:
             return 0
         sent = 0

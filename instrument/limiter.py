@@ -81,7 +81,7 @@ class Limiter:
         np.subtract(cs[L + 1:L + n + 1], cs[1:n + 1], out=g)
         g *= -1.0 / (20.0 * L)
         np.power(10.0, g, out=g)
-        self.reducing = -20.0 * float(np.log10(g[-1])) if g[-1] > 0 else 0.0
+        self.reducing = max(0.0, -20.0 * float(np.log10(g[-1]))) if g[-1] > 0 else 0.0
         # output: the delayed signal times the gain, with a hard ceiling against rounding
         np.multiply(d[:n], g[:, None], out=x, casting="same_kind")
         np.clip(x, -self.ceiling, self.ceiling, out=x)

@@ -224,8 +224,9 @@ def test_queue_full_drops_clip_and_flush_returns_buffers() -> None:
     assert st.clips_dropped == 2 and st.queue_depths == (1,)  # then one starts playing
     e.handle("/endless/slot/1/flush", [])
     render(e, 0.01, 256)
+    e.pump()
     assert e.stats().queue_depths == (0,)
-    assert len(e.mixer.returned()) == 3  # two dropped + one flushed come back to the control side
+    assert e.buffers_returned == 3  # two dropped + one flushed come back to the control side
 
 
 def test_next_trigger_crossfades_now_and_ignores_empty_queue() -> None:

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the system libraries the instrument needs, only where they are missing.
+#   runtime: PortAudio, libsndfile, python venv     test: + jackd2 (JACK dummy server for audio tests)
+set -euo pipefail
+what=${1:-runtime}
+
+if [[ "$(uname -s)" == "Darwin" ]]; then
+  command -v brew >/dev/null && { brew list portaudio >/dev/null 2>&1 || brew install portaudio libsndfile; }
+  exit 0
+fi
+if ! command -v dpkg >/dev/null; then
+  echo "system-deps: not a Debian/Ubuntu system: install PortAudio and libsndfile (and jackd2 for tests) yourself" >&2
+  exit 0
+fi
+
+pkgs=(libportaudio2 libsndfile1)
+python3 -c "import ensurepip, venv" 2>/dev/null || pkgs+=(python3-venv)
+[[ "$what" == test ]] && pkgs+=(jackd2)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+sudo=""
+[[ $(id -u) -ne 0 ]] && sudo="sudo"
+echo "system-deps: installing ${missing[*]}" >&2
+# jackd2 asks whether to enable realtime scheduling; the tests run jackd without it.
+echo "jackd2 jackd/tweak_rt_limits boolean false" | $sudo debconf-set-selections
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
