@@ -142,6 +142,7 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
          status: Callable[[Engine, Output], None] | None = None, lookahead: float = 0.5) -> PlaySummary:
     """Play until `seconds` of output have been produced (None: until Ctrl-C)."""
     sr = engine.cfg.sample_rate
+    engine.apply_due(0)
     engine.schedule_script(int(lookahead * sr))
     engine.pump()
     limit = None if seconds is None else int(round(seconds * sr))
@@ -150,6 +151,7 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     try:
         with out:
             while limit is None or engine.mixer.frame < limit:
+                engine.apply_due(engine.mixer.frame)
                 engine.schedule_script(engine.mixer.frame + int(lookahead * sr))
                 engine.pump()
                 now = time.monotonic()

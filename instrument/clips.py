@@ -63,6 +63,7 @@ class Clip:
     audio: Audio  # (frames, 2) float32, C-contiguous
     sample_rate: int
     info: ClipInfo
+    cut: bool = False  # play it as soon as it arrives (crossfade to it now): a new prompt's first clip
 
     def __post_init__(self) -> None:
         a = self.audio

@@ -12,14 +12,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from instrument.errors import ParamError
-from instrument.mixer import MIXER_OPS, OP_PUSH, Command, Mixer, MixerConfig
+from instrument.mixer import MIXER_OPS, OP_FLUSH, OP_NEXT, OP_PUSH, Command, Mixer, MixerConfig
 from instrument.params import Param, Ref, Registry, Value
 from instrument.script import Event
 from instrument.sources import ClipSource
+
+if TYPE_CHECKING:
+    from instrument.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +50,20 @@ class Engine:
         self.registry = Registry(slots=cfg.slots, prefix=prefix)
         self.mixer = Mixer(cfg)
         self.source = source
+        self.generator: Scheduler | None = None
+        if source is not None and hasattr(source, "attach"):
+            self.generator = source  # type: ignore[assignment]
+            source.attach(self)
         self.target_depth = min(target_depth, cfg.queue_capacity)
         self.values: dict[tuple[str, int | None], Value] = self.registry.defaults()
         self.values[("xfade", None)] = cfg.xfade
         self.values[("curve", None)] = cfg.curve
         self._sent = [0] * cfg.slots  # clip pushes sent per slot (the mixer counts those applied)
         self.listeners: list[Listener] = []
-        self._script: list[Event] = []
+        self._script: list[Event] = []  # mixer events: queued ahead as commands timed to their frame
         self._script_i = 0
+        self._control: list[tuple[int, Event]] = []  # other events: applied when their frame is due
+        self._control_i = 0
         self.buffers_returned = 0
 
     # -- parameters ------------------------------------------------------------------------------
@@ -66,7 +76,9 @@ class Engine:
 
     def set(self, ref: Ref, value: Value, frame: int = -1, glide: float | None = None) -> None:
         p = ref.param
-        if p.target == "mixer":
+        if p.target == "generator":
+            self._generator_set(ref, value)
+        elif p.target == "mixer":
             cmd = Command(MIXER_OPS[p.key], -1 if ref.slot is None else ref.slot, _code(p, value),
                           p.smoothing if glide is None else glide, None, frame)
             if not self.mixer.send(cmd):
@@ -80,13 +92,36 @@ class Engine:
     def get(self, key: str, slot: int | None = None) -> Value:
         return self.values[(key, slot)]
 
+    def _generator_set(self, ref: Ref, value: Value) -> None:
+        gen, p = self.generator, ref.param
+        if gen is None:
+            raise ParamError(f"{ref.address(self.registry.prefix)}: there is no generator: this instrument plays "
+                             "a clip folder (start it with --model instead of --clips)")
+        assert ref.slot is not None
+        if p.key == "slot/prompt":
+            gen.set_prompt(ref.slot, str(value))
+        elif p.key == "slot/regenerate":
+            gen.regenerate(ref.slot)
+        else:
+            gen.set(ref.slot, p.name, float(value))
+
+    def flush(self, slot: int) -> None:
+        """Drop a slot's queued clips now (the playing clip plays on)."""
+        self.mixer.send(Command(OP_FLUSH, slot))
+
     # -- scripts ---------------------------------------------------------------------------------
     def load_script(self, events: list[Event]) -> None:
-        self._script = list(events)
-        self._script_i = 0
+        sr = self.cfg.sample_rate
+        self._script, self._control = [], []
+        for ev in events:
+            if self.registry.resolve(ev.address).param.target == "mixer":
+                self._script.append(ev)
+            else:
+                self._control.append((int(round(ev.t * sr)), ev))
+        self._script_i = self._control_i = 0
 
     def schedule_script(self, until_frame: int) -> None:
-        """Queue script events due before `until_frame` as commands timed to their exact frame."""
+        """Queue mixer events due before `until_frame` as commands timed to their exact frame."""
         sr = self.cfg.sample_rate
         while self._script_i < len(self._script):
             ev = self._script[self._script_i]
@@ -95,6 +130,17 @@ class Engine:
                 break
             self.handle(ev.address, ev.args, frame)
             self._script_i += 1
+
+    def next_control_frame(self) -> int | None:
+        """The frame of the next script event that is applied when due (prompts and the like)."""
+        return self._control[self._control_i][0] if self._control_i < len(self._control) else None
+
+    def apply_due(self, now_frame: int) -> None:
+        """Apply the non-mixer script events whose frame has come."""
+        while self._control_i < len(self._control) and self._control[self._control_i][0] <= now_frame:
+            ev = self._control[self._control_i][1]
+            self._control_i += 1
+            self.handle(ev.address, ev.args)
 
     # -- clips -----------------------------------------------------------------------------------
     def pending(self, slot: int) -> int:
@@ -108,6 +154,8 @@ class Engine:
         self.buffers_returned += len(self.mixer.returned())
         if self.source is None:
             return 0
+        if self.generator is not None:
+            self.generator.tick()
         sent = 0
         for i in range(self.cfg.slots):
             while self.pending(i) < self.target_depth:
@@ -118,6 +166,8 @@ class Engine:
                     raise ValueError(f"clip at {clip.sample_rate} Hz for a {self.cfg.sample_rate} Hz mixer")
                 if not self.push_clip(i, clip.audio):
                     break
+                if clip.cut and self.mixer.slots[i].started:
+                    self.mixer.send(Command(OP_NEXT, i))  # a new prompt: crossfade to it now
                 sent += 1
         return sent
 

@@ -115,7 +115,7 @@ class _Slot:
     __slots__ = ("index", "queue", "q_head", "q_count", "cur", "cur_pos", "inc", "inc_pos", "fading",
                  "anchor", "rate", "fade_k", "fade_total", "fade_curve", "started", "ramp",
                  "gain_db", "pan", "mute", "solo", "amp", "starvations", "transitions", "nexts_ignored",
-                 "level", "queued_frames", "pushes")
+                 "level", "queued_frames", "pushes", "next_pending")
 
     def __init__(self, index: int, capacity: int) -> None:
         self.index = index
@@ -145,6 +145,7 @@ class _Slot:
         self.level = 0.0  # RMS of the last block, after gain
         self.queued_frames = 0
         self.pushes = 0  # OP_PUSH commands applied (accepted or dropped)
+        self.next_pending = False  # a `next` that arrived mid-fade: runs when the fade ends
 
     def pop(self) -> np.ndarray | None:
         if self.q_count == 0:
@@ -382,6 +383,10 @@ class Mixer:
             s.cur, s.cur_pos = inc, s.inc_pos
             s.inc = None
             s.fading = False
+            if s.next_pending:
+                s.next_pending = False
+                if not self._transition(s, forced=True):
+                    s.nexts_ignored += 1
         return k
 
     def _retire(self, clip: np.ndarray) -> None:
@@ -485,7 +490,9 @@ class Mixer:
 
     def _op_next(self, c: Command) -> None:
         s = self.slots[c.slot]
-        if s.fading or s.cur is None or not self._transition(s, forced=True):
+        if s.fading and s.cur is not None:
+            s.next_pending = True
+        elif s.cur is None or not self._transition(s, forced=True):
             s.nexts_ignored += 1
 
     def _op_flush(self, c: Command) -> None:

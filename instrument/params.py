@@ -152,9 +152,27 @@ PARAMS: tuple[Param, ...] = (
     Param("slot/solo", "slot", "bool", False,
           "Solo: while any slot is soloed, only soloed slots sound.", smoothing=0.01),
     Param("slot/next", "slot", "trigger", 0,
-          "Crossfade to the next queued clip now (ignored mid-fade or with an empty queue)."),
+          "Crossfade to the next queued clip now (after the fade in progress; ignored with an empty queue)."),
     Param("slot/flush", "slot", "trigger", 0,
           "Drop the slot's queued clips; the playing clip plays on."),
+    # -- per slot: generation ------------------------------------------------------------------
+    Param("slot/prompt", "slot", "text", "",
+          "What the slot generates: text, or a weighted blend 'rain:0.7 | thunder:0.3' (conditioning is "
+          "mixed, not audio). A change drops the queued clips, cancels the one in flight, and the first "
+          "new clip crossfades in as soon as it is made. Empty: the slot generates nothing.",
+          target="generator"),
+    Param("slot/steps", "slot", "int", 25, "Flow-matching steps per clip (fewer: faster, rougher).",
+          min=1, max=200, target="generator"),
+    Param("slot/guidance", "slot", "float", 4.5,
+          "Classifier-free guidance scale (TangoFlux recommends 3.5-4.5; 1 turns guidance off).",
+          min=1.0, max=15.0, target="generator"),
+    Param("slot/seed", "slot", "int", -1,
+          "Seed of the slot's clips: -1 draws a new one per clip (reproducible from --seed); N repeats one clip.",
+          min=-1, max=2**31 - 1, target="generator"),
+    Param("slot/length", "slot", "float", 20.0, "Clip length in seconds (the model's duration token).",
+          min=2.0, max=30.0, unit="s", target="generator"),
+    Param("slot/regenerate", "slot", "trigger", 0,
+          "Drop the queued clips and make new ones now (same prompt, new seeds).", target="generator"),
 )
 
 

@@ -35,20 +35,37 @@ def check_output_path(path: Path) -> tuple[str, str]:
 
 
 def render(engine: Engine, seconds: float, blocksize: int = 512,
-           progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Render `seconds` of output; returns (frames, 2) float32."""
+           progress: Callable[[int, int], None] | None = None, live_timing: bool = False) -> np.ndarray:
+    """Render `seconds` of output; returns (frames, 2) float32.
+
+    With a generator, the render is deterministic: before each block it waits until no slot is
+    starving. `live_timing` instead paces the audio clock at real time, so slow generation shows
+    up as starvation, as it would live.
+    """
     sr = engine.cfg.sample_rate
     total = int(round(seconds * sr))
     out = np.zeros((total, 2), np.float32)
-    engine.schedule_script(0)
-    engine.pump()
-    for pos in range(0, total, blocksize):
+    gen = engine.generator
+    pos = 0
+    t0 = time.monotonic()
+    while pos < total:
         end = min(total, pos + blocksize)
+        nf = engine.next_control_frame()
+        if nf is not None and nf < end:
+            end = max(nf, pos)  # split the block at a prompt change, so it lands on its frame
+        engine.apply_due(pos)
         engine.schedule_script(end)
         engine.pump()
-        engine.mixer.process(out[pos:end])
-        if progress is not None:
-            progress(end, total)
+        if gen is not None:
+            if live_timing:  # the audio clock runs at wall-clock speed and takes what is ready
+                time.sleep(max(0.0, t0 + pos / sr - time.monotonic()))
+            else:  # deterministic: the audio clock waits for the clips it needs
+                gen.wait_fed()
+        if end > pos:
+            engine.mixer.process(out[pos:end])
+            pos = end
+            if progress is not None:
+                progress(end, total)
     return out
 
 

@@ -1,0 +1,209 @@
+"""The scheduler: decides what the generator makes next, and hands finished clips to the slots.
+
+It is a clip source (`next_clip`) fed by the worker. Each slot has a prompt and settings, at most
+one request in flight and a target queue depth, so no backlog grows over a set of any length. The
+next request goes to the slot whose audio runs out first; several slots go out together so the
+worker can batch them. A prompt change bumps the slot's generation: its queued clips are flushed,
+its in-flight request is cancelled, the new request jumps the worker's queue, and the first clip
+of the new prompt crossfades in as soon as it arrives ("cut").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from instrument.clips import Clip, ClipInfo
+from instrument.errors import ParamError
+from instrument.generator.protocol import ClipReady, Dropped, Failed, Request
+from instrument.generator.worker import GeneratorClient
+
+if TYPE_CHECKING:
+    from instrument.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SlotPlan:
+    prompt: str = ""
+    steps: int = 25
+    guidance: float = 4.5
+    seed: int = -1  # -1: a new seed per clip, derived from the base seed; >= 0: this seed every time
+    seconds: float = 20.0
+    generation: int = 0
+    inflight: int | None = None
+    count: int = 0  # requests made for this slot: drives the derived seeds
+    cut: bool = False  # the next clip of this generation crossfades in as soon as it arrives
+    inbox: deque[Clip] = field(default_factory=deque)
+
+
+@dataclass
+class GenStats:
+    clips: int = 0
+    stale: int = 0  # clips of an old prompt, dropped on arrival
+    nonfinite: int = 0
+    cancelled: int = 0
+    failures: int = 0
+    last_gen_seconds: float = 0.0
+    rtf: float = 0.0  # generation time / audio time of the last call (< 1: faster than real time)
+
+
+class Scheduler:
+    name = "generator"
+
+    def __init__(self, client: GeneratorClient, slots: int, base_seed: int = 0, target_depth: int = 2) -> None:
+        self.client = client
+        self.plans = [SlotPlan() for _ in range(slots)]
+        self.base_seed = base_seed
+        self.target_depth = target_depth
+        self.stats = GenStats()
+        self.engine: Engine | None = None
+        self._next_id = 1
+        self.on_event: Callable[[str], None] = lambda text: log.warning("%s", text)
+
+    def attach(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- settings --------------------------------------------------------------------------------
+    def set_prompt(self, slot: int, text: str) -> None:
+        from instrument.generator.conditioning import parse_blend
+
+        if text.strip():
+            try:
+                parse_blend(text)
+            except ValueError as e:
+                raise ParamError(f"slot {slot + 1} prompt: {e}") from None
+        p = self.plans[slot]
+        if text == p.prompt:
+            return
+        p.prompt = text
+        self.regenerate(slot)
+
+    def set(self, slot: int, key: str, value: float) -> None:
+        p = self.plans[slot]
+        if key == "steps":
+            p.steps = int(value)
+        elif key == "guidance":
+            p.guidance = float(value)
+        elif key == "seed":
+            p.seed = int(value)
+        elif key == "length":
+            p.seconds = float(value)
+        else:
+            raise KeyError(key)
+
+    def regenerate(self, slot: int) -> None:
+        """Drop what is queued or in flight for the slot and make new clips now."""
+        p = self.plans[slot]
+        p.generation += 1
+        if p.inflight is not None:
+            self.client.cancel((p.inflight,))
+            p.inflight = None
+            self.stats.cancelled += 1
+        p.inbox.clear()
+        p.cut = True
+        if self.engine is not None:
+            self.engine.flush(slot)
+
+    # -- clip source -----------------------------------------------------------------------------
+    def next_clip(self, slot: int) -> Clip | None:
+        inbox = self.plans[slot].inbox
+        return inbox.popleft() if inbox else None
+
+    def close(self) -> None:
+        self.client.stop()
+
+    def depth(self, slot: int) -> int:
+        """Clips ready or coming for the slot: queued in the mixer, waiting here, in flight."""
+        p = self.plans[slot]
+        queued = self.engine.pending(slot) if self.engine is not None else 0
+        return queued + len(p.inbox) + (p.inflight is not None)
+
+    def starving(self, slot: int) -> bool:
+        """Nothing queued behind what plays now (the render waits on this to stay deterministic)."""
+        p = self.plans[slot]
+        queued = self.engine.pending(slot) if self.engine is not None else 0
+        return bool(p.prompt) and queued + len(p.inbox) == 0
+
+    # -- the pump --------------------------------------------------------------------------------
+    def tick(self, timeout: float = 0.0) -> None:
+        """Take what the worker sent, then submit what is needed next."""
+        for msg in self.client.poll(timeout):
+            if isinstance(msg, ClipReady):
+                self._arrived(msg)
+            elif isinstance(msg, Dropped):
+                self._clear(msg.slot, msg.id)
+                if msg.reason.startswith("non-finite"):
+                    self.stats.nonfinite += 1
+                    self.on_event(f"slot {msg.slot + 1}: clip dropped, {msg.reason}")
+            elif isinstance(msg, Failed):
+                self.stats.failures += 1
+                for p in self.plans:
+                    if p.inflight in msg.ids:
+                        p.inflight = None
+        if self.client.state in ("ready", "busy"):
+            self._submit()
+
+    def _clear(self, slot: int, req_id: int) -> None:
+        p = self.plans[slot]
+        if p.inflight == req_id:
+            p.inflight = None
+
+    def _arrived(self, msg: ClipReady) -> None:
+        p = self.plans[msg.slot]
+        self._clear(msg.slot, msg.id)
+        if msg.generation != p.generation:
+            self.stats.stale += 1
+            return
+        self.stats.clips += 1
+        self.stats.last_gen_seconds = msg.gen_seconds
+        self.stats.rtf = msg.gen_seconds / max(1e-9, msg.batch * len(msg.audio) / msg.sample_rate)
+        info = ClipInfo(source="generator", prompt=msg.prompt, seed=msg.seed, model=msg.model,
+                        gen_seconds=msg.gen_seconds)
+        p.inbox.append(Clip(msg.audio, msg.sample_rate, info, cut=p.cut))
+        p.cut = False
+
+    def _buffered(self, slot: int) -> float:
+        s = sum(c.seconds for c in self.plans[slot].inbox)
+        if self.engine is not None:
+            s += self.engine.mixer.buffered_frames(slot) / self.engine.cfg.sample_rate
+        return s
+
+    def _submit(self) -> None:
+        want = [i for i, p in enumerate(self.plans)
+                if p.prompt and p.inflight is None and self.depth(i) < self.target_depth]
+        if not want:
+            return
+        # cut-ins first, then the slot that runs out first
+        want.sort(key=lambda i: (not self.plans[i].cut, self._buffered(i), i))
+        for i in want:
+            p = self.plans[i]
+            seed = p.seed if p.seed >= 0 else int(np.random.SeedSequence((self.base_seed, i, p.count))
+                                                   .generate_state(1, np.uint32)[0])
+            req = Request(self._next_id, i, p.prompt, seed, p.steps, p.guidance, p.seconds, p.generation,
+                          priority=p.cut)
+            self._next_id += 1
+            p.count += 1
+            p.inflight = req.id
+            self.client.submit(req)
+
+    def wait_fed(self, timeout: float = 600.0) -> None:
+        """Block until no slot with a prompt is starving (deterministic render)."""
+        deadline = time.monotonic() + timeout
+        while any(self.starving(i) for i in range(len(self.plans))):
+            if self.client.state == "failed":
+                from instrument.generator.errors import ModelError
+
+                raise ModelError(f"the generator failed: {self.client.error}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no clip from the generator in {timeout:g} s")
+            self.tick(0.05)
+            if self.engine is not None:
+                self.engine.pump()
