@@ -38,13 +38,32 @@ def _registry_flags(ap: argparse.ArgumentParser) -> None:
             ap.add_argument(f"--{p.name}", choices=p.choices, default=p.default,
                             help=f"{p.doc} (default {p.default})")
         else:
+            every = " Sets every slot." if p.scope == "slot" else ""
             ap.add_argument(f"--{p.name}", type=float, default=p.default, metavar=p.unit.upper() or "X",
-                            help=f"{p.doc} ({p.min:g}..{p.max:g} {p.unit}, default {p.default})")
+                            help=f"{p.doc}{every} ({p.min:g}..{p.max:g} {p.unit}, default {p.default})")
+
+
+DEFAULT_PROMPTS = (
+    "gentle rain falling on leaves in a quiet forest",
+    "distant thunder rolling over hills",
+    "wind blowing through tall pine trees",
+    "birds chirping at dawn near a stream",
+)
 
 
 def _mix_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--clips", type=Path, metavar="DIR",
-                    help="folder of audio files (subfolders: one per slot); default: the built-in demo textures")
+    src = ap.add_argument_group("sound source (default: the generator, --model auto)")
+    src.add_argument("--model", default="auto",
+                     help="auto (TangoFlux if its weights are here, else the tiny stand-in), tangoflux, tiny, or a "
+                          "checkpoint folder")
+    src.add_argument("--model-dir", type=Path, metavar="DIR", help="a TangoFlux checkpoint folder (same as --model DIR)")
+    src.add_argument("--backend", default="auto", help="auto, cuda, mps or cpu (default auto: the fastest here)")
+    src.add_argument("--prompt", action="append", metavar="TEXT",
+                     help="a slot's prompt or blend ('rain:0.7 | thunder:0.3'); repeat for slots 1, 2, ...")
+    src.add_argument("--max-batch", type=int, default=4, metavar="N", help="slots generated in one call (default 4)")
+    src.add_argument("--clips", type=Path, metavar="DIR",
+                     help="play a folder of audio files instead of generating (subfolders: one per slot)")
+    src.add_argument("--demo", action="store_true", help="play the built-in synthesized demo textures instead")
     ap.add_argument("--assign", choices=("auto", "round-robin", "subfolder"), default="auto",
                     help="how files are spread over slots (default auto: by subfolder if there are any)")
     ap.add_argument("--slots", type=int, default=4, metavar="N", help="number of slots, 1..16 (default 4)")
@@ -76,10 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file (.wav or .flac)")
     r.add_argument("--samplerate", type=int, default=44100, help="output rate in Hz (default 44100)")
     r.add_argument("--blocksize", type=int, default=512, help="frames per block (default 512)")
+    r.add_argument("--live-timing", action="store_true",
+                   help="run the audio clock at real time instead of waiting for clips (shows starvation)")
 
     sub.add_parser("devices", help="list audio output devices")
     sub.add_parser("doctor", help="what is installed and usable here")
     sub.add_parser("docs", help="print the parameter and OSC reference (docs/osc.md)")
+    f = sub.add_parser("fetch-model", help="download TangoFlux (or copy a checkpoint folder) for offline use")
+    f.add_argument("--from", dest="source", type=Path, metavar="DIR", help="copy this checkpoint folder instead")
     d = sub.add_parser("demo-clips", help="write the built-in demo textures to a folder")
     d.add_argument("dir", type=Path, nargs="?", help="target folder (default: the cache)")
     return ap
@@ -95,7 +118,7 @@ def _mixer_config(args: argparse.Namespace, sample_rate: int) -> MixerConfig:
     reg = Registry(slots=args.slots)
     values: dict[str, float | str] = {}
     for p in PARAMS:
-        if p.cli:
+        if p.cli and p.scope == "global":
             values[p.name] = _flag_value(reg, p, getattr(args, p.name))
     blocksize = getattr(args, "blocksize", 0) or 0
     _check(0 <= blocksize <= 16384, f"--blocksize {blocksize}: allowed 0..16384")
@@ -117,24 +140,62 @@ def _demo_dir(slots: int) -> Path:
 
     d = _cache_dir() / "demo-clips"
     write_demo_clips(d, slots=min(slots, 4))
+    log.info("playing the built-in demo textures from %s", d)
     return d
 
 
-def _engine(args: argparse.Namespace, sample_rate: int):  # type: ignore[no-untyped-def]
+def _engine(args: argparse.Namespace, sample_rate: int, deterministic: bool = False):  # type: ignore[no-untyped-def]
     from instrument.engine import Engine
     from instrument.script import load_script
-    from instrument.sources import FolderSource
+    from instrument.sources import ClipSource, FolderSource
 
     cfg = _mixer_config(args, sample_rate)
-    clips = args.clips
-    if clips is None:
-        clips = _demo_dir(args.slots)
-        log.info("no --clips given: playing the built-in demo textures from %s", clips)
-    source = FolderSource(clips, cfg.slots, sample_rate, assign=args.assign, seed=args.seed)
+    reg = Registry(slots=cfg.slots)
+    slot_values = {p.key: _flag_value(reg, p, getattr(args, p.name)) for p in PARAMS if p.cli and p.scope == "slot"}
+    prompts = args.prompt or []
+    _check(len(prompts) <= cfg.slots, f"--prompt given {len(prompts)} times for {cfg.slots} slots: give at most "
+                                      "one per slot, or raise --slots")
+    _check(1 <= args.max_batch <= 16, f"--max-batch {args.max_batch}: allowed 1..16")
+    script = load_script(args.script, reg) if args.script is not None else []
+    source: ClipSource
+    if args.clips is not None or args.demo:
+        _check(not prompts, "--prompt needs the generator: drop --clips/--demo")
+        clips = args.clips if args.clips is not None else _demo_dir(args.slots)
+        source = FolderSource(clips, cfg.slots, sample_rate, assign=args.assign, seed=args.seed)
+    else:
+        source = _generator(args, cfg, sample_rate, deterministic)
     engine = Engine(cfg, source)
-    if args.script is not None:
-        engine.load_script(load_script(args.script, engine.registry))
+    if engine.generator is not None:
+        for key, value in slot_values.items():
+            for s in range(cfg.slots):
+                engine.handle(reg[key].address(reg.prefix, s), [value])
+        scripted = {ev.address for ev in script if ev.t == 0 and ev.address.endswith("/prompt")}
+        for s in range(cfg.slots):
+            addr = reg["slot/prompt"].address(reg.prefix, s)
+            if addr in scripted:
+                continue
+            text = prompts[s] if s < len(prompts) else ("" if prompts else DEFAULT_PROMPTS[s % len(DEFAULT_PROMPTS)])
+            engine.handle(addr, [text])
+    engine.load_script(script)
     return engine
+
+
+def _generator(args: argparse.Namespace, cfg: MixerConfig, sample_rate: int, deterministic: bool):  # type: ignore[no-untyped-def]
+    from instrument.generator.backends import TINY_WARNING, choose_backend, choose_model
+    from instrument.generator.worker import GeneratorClient, WorkerSpec
+    from instrument.scheduler import Scheduler
+
+    choice = choose_model(str(args.model_dir) if args.model_dir is not None else args.model)
+    device, dtype, vae_dtype = choose_backend(args.backend)
+    if choice.stand_in:
+        print(TINY_WARNING, file=sys.stderr)
+    log.info("generator: model %s on %s (%s)", choice.model, device, dtype)
+    # a render is deterministic: one clip per call, so batching never changes the numbers
+    spec = WorkerSpec(model=choice.model, device=device, dtype=dtype, vae_dtype=vae_dtype, sample_rate=sample_rate,
+                      max_batch=1 if deterministic else args.max_batch, allow_download=choice.allow_download)
+    client = GeneratorClient(spec)
+    client.start()
+    return Scheduler(client, cfg.slots, base_seed=args.seed)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -143,18 +204,31 @@ def cmd_render(args: argparse.Namespace) -> int:
     _check(args.seconds > 0, f"--seconds {args.seconds}: must be > 0")
     _check(1 <= args.blocksize <= 16384, f"--blocksize {args.blocksize}: allowed 1..16384")
     check_output_path(args.out)
-    engine = _engine(args, args.samplerate)
+    engine = _engine(args, args.samplerate, deterministic=not args.live_timing)
     t0 = time.perf_counter()
-    bar = _Progress("render") if sys.stderr.isatty() else None
-    audio = render(engine, args.seconds, args.blocksize, bar.update if bar else None)
+    bar = _Progress("render", engine) if sys.stderr.isatty() else None
+    try:
+        audio = render(engine, args.seconds, args.blocksize, bar.update if bar else None, args.live_timing)
+    finally:
+        if engine.source is not None:
+            engine.source.close()
     if bar:
         bar.done()
     wall = time.perf_counter() - t0
     write_audio(args.out, audio, args.samplerate)
     st = engine.stats()
-    print(f"wrote {args.out}: {args.seconds:g} s, {args.samplerate} Hz stereo, {args.seconds / wall:.0f}x real "
-          f"time, {sum(st.starvations)} starvations, limiter {st.limiter_db:.1f} dB")
+    print(f"wrote {args.out}: {args.seconds:g} s, {args.samplerate} Hz stereo, {args.seconds / wall:.1f}x real "
+          f"time, {sum(st.starvations)} starvations, limiter {st.limiter_db:.1f} dB{_gen_summary(engine)}")
     return 0
+
+
+def _gen_summary(engine) -> str:  # type: ignore[no-untyped-def]
+    gen = engine.generator
+    if gen is None:
+        return ""
+    s = gen.stats
+    return (f"; generator: {s.clips} clips, {s.stale} stale, {s.nonfinite} non-finite, "
+            f"{gen.client.restarts} restarts, last RTF {s.rtf:.3f}")
 
 
 def cmd_play(args: argparse.Namespace) -> int:
@@ -180,9 +254,11 @@ def cmd_play(args: argparse.Namespace) -> int:
     finally:
         if recorder is not None:
             recorder.close()
+        if engine.source is not None:
+            engine.source.close()
     if status:
         sys.stderr.write("\n")
-    print(summary.line())
+    print(summary.line() + _gen_summary(engine))
     return 0
 
 
@@ -191,8 +267,17 @@ def _status_line(engine, out) -> None:  # type: ignore[no-untyped-def]
     pairs = enumerate(zip(st.levels, st.buffered_seconds, strict=True))
     slots = " ".join(f"{i + 1}:{_meter(lv)}{b:4.0f}s" for i, (lv, b) in pairs)
     sys.stderr.write(f"\r{st.frames / engine.cfg.sample_rate:7.1f}s  {slots}  xruns {out.underflows}  "
-                     f"starved {sum(st.starvations)}  lim {st.limiter_db:4.1f}dB ")
+                     f"starved {sum(st.starvations)}  lim {st.limiter_db:4.1f}dB {_gen_status(engine)} ")
     sys.stderr.flush()
+
+
+def _gen_status(engine) -> str:  # type: ignore[no-untyped-def]
+    gen = engine.generator
+    if gen is None:
+        return ""
+    c = gen.client
+    prog = f" {c.progress.step}/{c.progress.steps}" if c.progress is not None else ""
+    return f" gen {c.state}{prog} rtf {gen.stats.rtf:.2f}"
 
 
 def _meter(level: float) -> str:
@@ -204,8 +289,9 @@ def _meter(level: float) -> str:
 
 
 class _Progress:
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, engine=None) -> None:  # type: ignore[no-untyped-def]
         self.label = label
+        self.engine = engine
         self.last = 0.0
 
     def update(self, done: int, total: int) -> None:
@@ -214,7 +300,8 @@ class _Progress:
             return
         self.last = now
         frac = done / total
-        sys.stderr.write(f"\r{self.label} [{'#' * int(frac * 30):<30}] {frac * 100:5.1f}%")
+        extra = _gen_status(self.engine) if self.engine is not None else ""
+        sys.stderr.write(f"\r{self.label} [{'#' * int(frac * 30):<30}] {frac * 100:5.1f}%{extra}   ")
         sys.stderr.flush()
 
     def done(self) -> None:
@@ -251,6 +338,14 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    from instrument.generator.backends import fetch_model
+
+    path = fetch_model(args.source)
+    print(f"TangoFlux is ready in {path}: `endless play` will use it")
+    return 0
+
+
 def cmd_demo_clips(args: argparse.Namespace) -> int:
     from instrument.demo import write_demo_clips
 
@@ -261,7 +356,7 @@ def cmd_demo_clips(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"play": cmd_play, "render": cmd_render, "devices": cmd_devices, "doctor": cmd_doctor, "docs": cmd_docs,
-            "demo-clips": cmd_demo_clips}
+            "demo-clips": cmd_demo_clips, "fetch-model": cmd_fetch_model}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ the buffers the audio thread retired; it runs on the control thread (live) or be
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,6 +29,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Ref, Value], None]
+
+
+@dataclass(frozen=True)
+class ClipEvent:
+    """A clip handed to a slot (kept in `Engine.clip_log`, newest last)."""
+
+    frame: int  # the output frame when it was pushed (it queues behind what plays)
+    slot: int
+    prompt: str
+    seed: int | None
+    source: str
+    cut: bool  # it was crossfaded in at once (a new prompt's first clip)
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class Engine:
         self._control: list[tuple[int, Event]] = []  # other events: applied when their frame is due
         self._control_i = 0
         self.buffers_returned = 0
+        self.clip_log: deque[ClipEvent] = deque(maxlen=10000)
 
     # -- parameters ------------------------------------------------------------------------------
     def handle(self, address: str, args: Sequence[object], frame: int = -1) -> tuple[Ref, Value]:
@@ -166,8 +180,11 @@ class Engine:
                     raise ValueError(f"clip at {clip.sample_rate} Hz for a {self.cfg.sample_rate} Hz mixer")
                 if not self.push_clip(i, clip.audio):
                     break
-                if clip.cut and self.mixer.slots[i].started:
+                cut = clip.cut and self.mixer.slots[i].started
+                if cut:
                     self.mixer.send(Command(OP_NEXT, i))  # a new prompt: crossfade to it now
+                self.clip_log.append(ClipEvent(self.mixer.frame, i, clip.info.prompt, clip.info.seed,
+                                               clip.info.source, cut))
                 sent += 1
         return sent
 

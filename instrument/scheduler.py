@@ -130,7 +130,8 @@ class Scheduler:
         """Nothing queued behind what plays now (the render waits on this to stay deterministic)."""
         p = self.plans[slot]
         queued = self.engine.pending(slot) if self.engine is not None else 0
-        return bool(p.prompt) and queued + len(p.inbox) == 0
+        # p.cut: a new prompt's flush is on its way to the mixer and its first clip is not here yet
+        return bool(p.prompt) and (p.cut or queued + len(p.inbox) == 0)
 
     # -- the pump --------------------------------------------------------------------------------
     def tick(self, timeout: float = 0.0) -> None:

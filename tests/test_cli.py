@@ -40,7 +40,7 @@ def test_render_demo_clips_without_a_folder(tmp_path: Path) -> None:
     import os
 
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
-    r = endless("render", "--seconds", "3", "--out", str(tmp_path / "d.flac"), env=env)
+    r = endless("render", "--demo", "--seconds", "3", "--out", str(tmp_path / "d.flac"), env=env)
     assert r.returncode == 0, r.stderr
     assert "demo textures" in r.stderr
     audio, sr = sf.read(tmp_path / "d.flac")

@@ -12,6 +12,7 @@ same clips). A fatal load error (no weights) stops restarts and is reported once
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import threading
@@ -190,10 +191,8 @@ def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass  # the instrument went away
     except Exception:
-        try:
+        with contextlib.suppress(OSError):  # the pipe may be gone too
             child.send(Failed("worker crashed: " + traceback.format_exc().strip().splitlines()[-1]))
-        except Exception:
-            pass
 
 
 # ==================================================================================================
@@ -238,11 +237,9 @@ class GeneratorClient:
     def stop(self, timeout: float = 5.0) -> None:
         if self._proc is None:
             return
-        try:
-            if self._to is not None:
+        if self._to is not None:
+            with contextlib.suppress(OSError):
                 self._to.send(Shutdown())
-        except (BrokenPipeError, OSError):
-            pass
         self._proc.join(timeout)
         if self._proc.is_alive():
             self._proc.kill()
@@ -292,10 +289,8 @@ class GeneratorClient:
     def _send(self, msg: ToWorker) -> None:
         if self._to is None or self.state in ("restarting", "failed", "stopped"):
             return  # resent after the restart
-        try:
+        with contextlib.suppress(OSError):  # a dead child: poll() notices and restarts it
             self._to.send(msg)
-        except (BrokenPipeError, OSError):
-            pass  # poll() notices the death
 
     # -- the pump --------------------------------------------------------------------------------
     def poll(self, timeout: float = 0.0) -> list[FromWorker]:

@@ -1,0 +1,117 @@
+"""Choosing the model (`--model`) and where it runs (`--backend`), in the instrument's process.
+
+Backends: cuda (bf16 transformer, fp32 VAE and T5), mps (fp32 throughout: fp16 on MPS gives
+audible artifacts), cpu (fp32). `tiny` is the same code with a tiny random-weight checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from instrument.errors import ConfigError
+from instrument.generator.errors import ModelNotFoundError
+from instrument.generator.loading import CHECKPOINT_FILES, OFFICIAL_REPO, TINY, resolve_checkpoint
+
+BACKENDS = ("auto", "cuda", "mps", "cpu")
+TINY_WARNING = """\
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+!!  NO TANGOFLUX WEIGHTS FOUND: playing the TINY RANDOM-WEIGHT STAND-IN. IT SOUNDS LIKE NOISE.
+!!  It exists so the instrument runs offline. To get the real model, run once with internet:
+!!      endless fetch-model            (or: endless fetch-model --from DIR)
+!!  or pass --model-dir DIR holding config.json, tangoflux.safetensors, vae.safetensors.
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"""
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    model: str  # what the worker loads: "tiny", a folder, or a hub id
+    allow_download: bool
+    stand_in: bool  # True: auto fell back to the tiny model
+
+
+def local_models_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "endless" / "models" / "tangoflux"
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return False
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def choose_model(model: str) -> ModelChoice:
+    """`auto`: TangoFlux from our folder or the HF cache, or the hub when reachable; else tiny."""
+    if model == TINY:
+        return ModelChoice(TINY, False, False)
+    if model in ("auto", "tangoflux"):
+        local = local_models_dir()
+        if all((local / f).is_file() for f in CHECKPOINT_FILES):
+            return ModelChoice(str(local), False, False)
+        try:
+            resolve_checkpoint(OFFICIAL_REPO)
+            return ModelChoice(OFFICIAL_REPO, False, False)
+        except ModelNotFoundError:
+            if hub_reachable():
+                return ModelChoice(OFFICIAL_REPO, True, False)
+            if model == "tangoflux":
+                raise
+        return ModelChoice(TINY, False, True)
+    resolve_checkpoint(model)  # a folder: check the layout now, one clear error if it is wrong
+    return ModelChoice(model, False, False)
+
+
+def choose_backend(backend: str) -> tuple[str, str, str]:
+    """(device, transformer dtype, VAE dtype) for `--backend`."""
+    import torch
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend}: allowed {', '.join(BACKENDS)}")
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if backend == "auto":
+        backend = "cuda" if cuda else "mps" if mps else "cpu"
+    if backend == "cuda":
+        if not cuda:
+            raise ConfigError(f"--backend cuda: torch {torch.__version__} sees no CUDA GPU here: use --backend auto or cpu")
+        return "cuda", "bfloat16", "float32"
+    if backend == "mps":
+        if not mps:
+            raise ConfigError("--backend mps: Apple's Metal (MPS) is not available here: use --backend auto or cpu")
+        return "mps", "float32", "float32"
+    return "cpu", "float32", "float32"
+
+
+def fetch_model(source: Path | None = None) -> Path:
+    """Copy a checkpoint folder into our model folder, or download TangoFlux and Flan-T5 into the HF cache."""
+    if source is not None:
+        resolve_checkpoint(source)  # validates the layout and the text encoder
+        dest = local_models_dir()
+        tmp = dest.with_name(dest.name + ".partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(source, tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+        return dest
+    from huggingface_hub import snapshot_download
+
+    if not hub_reachable():
+        raise ModelNotFoundError("the Hugging Face hub is unreachable (or HF_HUB_OFFLINE is set): run "
+                                 "`endless fetch-model` where there is internet, or `endless fetch-model --from DIR`")
+    path = snapshot_download(OFFICIAL_REPO, allow_patterns=["config.json", "*.safetensors"])
+    snapshot_download("google/flan-t5-large", allow_patterns=["*.json", "*.model", "*.safetensors"])
+    return Path(path)
