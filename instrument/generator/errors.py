@@ -26,6 +26,6 @@ class Cancelled(Exception):
     """A generation was cancelled between denoising steps (its prompt changed, the slot was cleared)."""
 
     def __init__(self, step: int, total: int) -> None:
-        super().__init__(f"generation cancelled before step {step + 1} of {total}")
+        super().__init__(f"generation cancelled after {step} of {total} steps")
         self.step = step
         self.total = total
