@@ -170,16 +170,35 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     )
 
 
+def full_t5_config(vocab_size: int) -> T5Config:
+    """Flan-T5-large's encoder shape (d_model 1024, 24 layers, 16 heads, gated-GELU)."""
+    cfg = tiny_t5_config(vocab_size)
+    cfg.d_model, cfg.d_kv, cfg.d_ff, cfg.num_layers, cfg.num_heads = 1024, 64, 2816, 24, 16
+    return cfg
+
+
+# The official architecture (515M transformer + Oobleck VAE, T5-large encoder) with random weights:
+# the real compute cost for benchmarks, never a claim about sound.
+FULL_CONFIG = TangoFluxConfig(text_encoder_name=TEXT_ENCODER_DIR)
+
+
 def build_tiny_checkpoint(directory: str | os.PathLike[str], seed: int = 0) -> Path:
     """Write a tiny random-weight TangoFlux checkpoint (official layout plus a local text encoder).
 
     Returns the directory. Loads with `load_pipeline(directory)` and with upstream's classes.
     """
+    return build_random_checkpoint(directory, TINY_CONFIG, tiny_t5_config, seed)
+
+
+def build_random_checkpoint(
+    directory: str | os.PathLike[str], config: TangoFluxConfig, t5_config: Any, seed: int = 0
+) -> Path:
+    """A random-weight checkpoint of any size; `t5_config(vocab_size)` gives the text encoder's shape."""
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
 
     tokenizer = tiny_tokenizer()
-    text_encoder = T5EncoderModel(tiny_t5_config(len(tokenizer)))
+    text_encoder = T5EncoderModel(t5_config(len(tokenizer)))  # on the CPU, so _fill sees the tied weights
     text_encoder.load_state_dict(_fill(text_encoder, seed, "text_encoder."))
     text_encoder.eval()
     te_dir = root / TEXT_ENCODER_DIR
@@ -188,8 +207,8 @@ def build_tiny_checkpoint(directory: str | os.PathLike[str], seed: int = 0) -> P
 
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # diffusers' Oobleck uses the old weight_norm
-        model = TangoFluxModel(TINY_CONFIG, text_encoder)
-        vae = AutoencoderOobleck(**TINY_VAE_CONFIG)
+        model = TangoFluxModel(config, text_encoder)
+        vae = AutoencoderOobleck(**(config.vae_config or {}))
     weights = {
         f"text_encoder.{k}": v
         for k, v in text_encoder.state_dict().items()
@@ -199,7 +218,7 @@ def build_tiny_checkpoint(directory: str | os.PathLike[str], seed: int = 0) -> P
         weights.update({f"{name}.{k}": v for k, v in _fill(getattr(model, name), seed, f"{name}.").items()})
     _save(weights, root / "tangoflux.safetensors")
     _save(_fill(vae, seed, "vae."), root / "vae.safetensors")
-    (root / "config.json").write_text(json.dumps(TINY_CONFIG.to_dict(), indent=2, sort_keys=True) + "\n")
+    (root / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     return root
 
 
