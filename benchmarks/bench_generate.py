@@ -158,7 +158,6 @@ def bench_upstream(ckpt: Path, args: argparse.Namespace, dev: torch.device) -> d
     gen_s, (latents, _) = timed(generate, dev, args.repeats)
     out = {"variant": "upstream fp32", "dtype": "float32", "clip_ms": gen_s * 1e3, "clip_rtf": gen_s / args.duration,
            "latents": latents.float().cpu()}
-    del model, vae
     return out
 
 
