@@ -190,6 +190,7 @@ def main() -> int:
     ap.add_argument("--variants", default="fp32,bf16,compile:default,compile:reduce-overhead",
                     help="comma list of our variants: fp32, bf16, compile:MODE (bf16 + torch.compile; cuda only)")
     ap.add_argument("--no-vae-sweep", action="store_true", help="skip the VAE precision comparison")
+    ap.add_argument("--vae-dtype", default="auto", help="VAE precision for our variants (auto: float16 on cuda)")
     ap.add_argument("--no-upstream", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer repeats, no batch-4 run")
     ap.add_argument("--checkpoint", type=Path, help="use this checkpoint folder instead of building one")
@@ -221,8 +222,10 @@ def main() -> int:
             variants.append((f"ours bf16 {v}", torch.bfloat16, v.split(":", 1)[1]))
         else:
             ap.error(f"--variants: unknown variant {v!r}")
+    vae_dtype = getattr(torch, ("float16" if dev.type == "cuda" else "float32") if args.vae_dtype == "auto"
+                        else args.vae_dtype)
     for name, dtype, mode in variants:
-        pipe = make_pipe(ckpt, dev, dtype, torch.float32)
+        pipe = make_pipe(ckpt, dev, dtype, vae_dtype)
         try:
             records.append(bench_ours(name, pipe, args, dev, mode))
         except Exception as e:  # a compile mode that fails here is reported, not fatal
