@@ -1,4 +1,4 @@
-"""The real-time mixer: N slots of crossfading clip queues, gains, morph, limiter. Pure numpy.
+"""The real-time mixer: N slots of crossfading clip queues, gains, morph, limiter.
 
 Runs on the audio thread (PortAudio's callback, or the offline renderer's loop). Rules here:
 no buffer allocation after construction (only views and out= arithmetic), no locks, no logging,
@@ -8,18 +8,33 @@ plain attributes that the control side reads.
 
 Every state change happens at an exact output frame, and all ramps and fades are computed from
 integer sample counts, so rendering block by block equals rendering the whole buffer at once.
+
+Two cores behind one class, chosen when a Mixer is built (python-rtmixer's split):
+  c      the per-sample work of a block (clips, crossfades, starvation, ramps, levels, limiter)
+         in one compiled call (mixcore.c through cffi, built by `pip install -e .`); Python
+         keeps the command rings, applies commands by writing the C state, and owns the clip
+         arrays whose pointers C holds.
+  numpy  the same state machine in numpy, used when the compiled module is missing or
+         ENDLESS_PURE_PYTHON=1. About 15x the cost per block; fine for offline renders.
+The two agree up to float rounding; each is block-size independent bit for bit.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import numpy as np
 
-from instrument.limiter import Limiter
+from instrument.limiter import RELEASE_DB_PER_S, Limiter, lookahead_samples
 from instrument.params import PARAMS, db_to_amp
 from instrument.rt import SpscRing
+
+log = logging.getLogger(__name__)
 
 _CHOICES = {p.key: p.choices for p in PARAMS if p.kind == "enum"}
 CURVES = _CHOICES["curve"]  # ("equal_power", "sin2")
@@ -38,6 +53,8 @@ MIXER_OPS: dict[str, int] = {
 
 _HALF_PI = math.pi / 2
 _AUTOLEVEL_GLIDE = next(p.smoothing for p in PARAMS if p.key == "autolevel")
+_F32 = np.dtype(np.float32)
+_CORE_VERSION = 1  # MC_VERSION in mixcore.c: a stale build falls back to numpy instead of misbehaving
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +82,242 @@ class MixerConfig:
     command_capacity: int = 1024
 
 
+class SlotState(Protocol):
+    """A slot as the control side sees it: its settings and the counters it reads."""
+
+    index: int
+    gain_db: float
+    pan: float
+    mute: bool
+    solo: bool
+    amp: float  # fader x mute/solo x morph, before pan
+    pushes: int  # OP_PUSH commands applied (accepted or dropped)
+
+    @property
+    def started(self) -> bool: ...
+    @property
+    def q_count(self) -> int: ...
+    @property
+    def queued_frames(self) -> int: ...
+    @property
+    def starvations(self) -> int: ...
+    @property
+    def transitions(self) -> int: ...
+    @property
+    def nexts_ignored(self) -> int: ...
+    @property
+    def level(self) -> float: ...  # RMS of the last block, after gain
+
+
+class LimiterState(Protocol):
+    @property
+    def latency(self) -> int: ...
+    @property
+    def reducing(self) -> float: ...  # current gain reduction in dB
+
+
+def _snap1(v: float) -> float:
+    """Centre pan gives 1.0000000000000002: snap it, so unity gain is a no-op."""
+    return 1.0 if abs(v - 1.0) < 1e-9 else v
+
+
+class Mixer:
+    """The audio-thread half of the instrument. Control code talks to it only through `send`,
+    `send_at`, `returned` and the read-only counters.
+
+    `Mixer(cfg)` builds the compiled core when it is available, else the numpy one (see the
+    module docstring); `mixer.core` says which.
+    """
+
+    core = ""
+    slots: list[SlotState]
+    limiter: LimiterState
+
+    def __new__(cls, cfg: MixerConfig) -> Mixer:
+        impl: type[Mixer] = _choose_core() if cls is Mixer else cls
+        return object.__new__(impl)
+
+    def __init__(self, cfg: MixerConfig) -> None:
+        if not 1 <= cfg.slots <= 16:
+            raise ValueError(f"slots {cfg.slots} out of range 1..16")
+        self.cfg = cfg
+        self.sr = cfg.sample_rate
+        self._cmds: SpscRing[Command] = SpscRing(cfg.command_capacity)
+        self._timed: SpscRing[Command] = SpscRing(cfg.command_capacity)
+        self._returns: SpscRing[np.ndarray] = SpscRing(4 * cfg.slots * (cfg.queue_capacity + 2) + 64)
+        self.master_db = 0.0
+        self.autolevel = True
+        self.xfade_samples = max(1, int(round(cfg.xfade * self.sr)))
+        self.curve = CURVES.index(cfg.curve)
+        self.morph_mode = 0
+        self.morph_pos = 0.0
+        self.morph_x = 0.5
+        self.morph_y = 0.5
+        self.frame = 0  # output frames produced so far
+        self.return_overflows = 0
+        self.clips_dropped = 0
+        self._ops = {
+            OP_GAIN: self._op_gain, OP_PAN: self._op_pan, OP_MUTE: self._op_mute, OP_SOLO: self._op_solo,
+            OP_NEXT: self._op_next, OP_FLUSH: self._op_flush, OP_PUSH: self._op_push,
+            OP_MASTER: self._op_master, OP_XFADE: self._op_xfade, OP_CURVE: self._op_curve,
+            OP_AUTOLEVEL: self._op_autolevel, OP_MORPH_MODE: self._op_morph_mode,
+            OP_MORPH_POS: self._op_morph_pos, OP_MORPH_X: self._op_morph_x, OP_MORPH_Y: self._op_morph_y,
+        }
+
+    # -- control side ----------------------------------------------------------------------------
+    def send(self, cmd: Command) -> bool:
+        """Queue a command for the next block (False: the ring is full; nothing was queued)."""
+        return (self._timed if cmd.frame >= 0 else self._cmds).push(cmd)
+
+    def returned(self) -> list[np.ndarray]:
+        """Clip buffers the audio thread is done with (control side frees or archives them)."""
+        out = []
+        while (c := self._returns.pop()) is not None:
+            out.append(c)
+        return out
+
+    def queue_depth(self, slot: int) -> int:
+        return self.slots[slot].q_count
+
+    def buffered_frames(self, slot: int) -> int:
+        """Frames of audio ready for a slot: the rest of what plays now plus its queue."""
+        raise NotImplementedError
+
+    @property
+    def commands_rejected(self) -> int:
+        return self._cmds.rejected + self._timed.rejected
+
+    # -- audio thread ----------------------------------------------------------------------------
+    def process(self, out: np.ndarray) -> None:
+        """Fill `out` (frames, 2) float32 with the next frames of the mix."""
+        n_total = out.shape[0]
+        cmds = self._cmds
+        for _ in range(256):
+            c = cmds.pop()
+            if c is None:
+                break
+            self._apply(c)
+        maxb = self.cfg.max_block
+        pos = 0
+        timed = self._timed
+        while pos < n_total:
+            end = min(n_total, pos + maxb)
+            c = timed.peek()
+            if c is not None and c.frame < self.frame + (end - pos):
+                at = pos + max(0, c.frame - self.frame)
+                if at > pos:
+                    self._render(out[pos:at])
+                    pos = at
+                timed.pop()
+                self._apply(c)
+                continue
+            self._render(out if pos == 0 and end == n_total else out[pos:end])
+            pos = end
+
+    def _apply(self, c: Command) -> None:
+        self._ops[c.op](c)
+
+    def _render(self, o: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _retire(self, clip: np.ndarray) -> None:
+        if not self._returns.push(clip):
+            self.return_overflows += 1  # the buffer is freed here: rare, and counted
+
+    # -- gains -----------------------------------------------------------------------------------
+    def _set_ramp(self, slot: int, left: float, right: float, samples: int) -> None:
+        """Glide a slot's stereo gain (slot -1: the master's) to (left, right) over `samples`."""
+        raise NotImplementedError
+
+    def _morph_weight(self, i: int) -> float:
+        n = len(self.slots)
+        if self.morph_mode == 1 and n > 1:
+            d = abs(self.morph_pos - i / (n - 1)) * (n - 1)
+            return math.cos(min(d, 1.0) * _HALF_PI)
+        if self.morph_mode == 2 and i < 4:
+            x, y = self.morph_x, self.morph_y
+            b = ((1 - x) * (1 - y), x * (1 - y), (1 - x) * y, x * y)[i]
+            return math.sqrt(b)
+        return 1.0
+
+    def _update_gains(self, glide: float, only: int = -1) -> None:
+        any_solo = any(s.solo for s in self.slots)
+        samples = int(round(glide * self.sr))
+        power = 0.0
+        for s in self.slots:
+            amp = db_to_amp(s.gain_db) * self._morph_weight(s.index)
+            if s.mute or (any_solo and not s.solo):
+                amp = 0.0
+            s.amp = amp
+            if s.started:
+                power += min(1.0, amp) ** 2
+            if only < 0 or only == s.index:
+                th = (s.pan + 1.0) * math.pi / 4
+                self._set_ramp(s.index, amp * math.sqrt(2) * math.cos(th), amp * math.sqrt(2) * math.sin(th),
+                               samples)
+        m = db_to_amp(self.master_db)
+        if self.autolevel:
+            m /= math.sqrt(max(1.0, power))
+        self._set_ramp(-1, m, m, samples)
+
+    def _op_gain(self, c: Command) -> None:
+        self.slots[c.slot].gain_db = c.value
+        self._update_gains(c.glide)
+
+    def _op_pan(self, c: Command) -> None:
+        self.slots[c.slot].pan = c.value
+        self._update_gains(c.glide, only=c.slot)
+
+    def _op_mute(self, c: Command) -> None:
+        self.slots[c.slot].mute = bool(c.value)
+        self._update_gains(c.glide)
+
+    def _op_solo(self, c: Command) -> None:
+        self.slots[c.slot].solo = bool(c.value)
+        self._update_gains(c.glide)
+
+    def _op_master(self, c: Command) -> None:
+        self.master_db = c.value
+        self._update_gains(c.glide)
+
+    def _op_autolevel(self, c: Command) -> None:
+        self.autolevel = bool(c.value)
+        self._update_gains(c.glide)
+
+    def _op_morph_mode(self, c: Command) -> None:
+        self.morph_mode = int(c.value)
+        self._update_gains(c.glide)
+
+    def _op_morph_pos(self, c: Command) -> None:
+        self.morph_pos = c.value
+        self._update_gains(c.glide)
+
+    def _op_morph_x(self, c: Command) -> None:
+        self.morph_x = c.value
+        self._update_gains(c.glide)
+
+    def _op_morph_y(self, c: Command) -> None:
+        self.morph_y = c.value
+        self._update_gains(c.glide)
+
+    def _op_curve(self, c: Command) -> None:
+        self.curve = int(c.value)  # fades in progress keep their curve: no gain step mid-fade
+
+    # -- per core: clips -------------------------------------------------------------------------
+    def _op_xfade(self, c: Command) -> None:
+        raise NotImplementedError
+
+    def _op_next(self, c: Command) -> None:
+        raise NotImplementedError
+
+    def _op_flush(self, c: Command) -> None:
+        raise NotImplementedError
+
+    def _op_push(self, c: Command) -> None:
+        raise NotImplementedError
+
+
+# == the numpy core ================================================================================
 class _Ramp:
     """A per-channel linear glide computed from the sample count since it started (block exact)."""
 
@@ -81,6 +334,7 @@ class _Ramp:
         return float(self.start[c] + self.delta[c] * min(1.0, self.k / self.S))
 
     def set(self, left: float, right: float, samples: int) -> None:
+        left, right = _snap1(left), _snap1(right)
         if left == self.target[0] and right == self.target[1]:
             return  # already there or on the way: keep the glide in progress
         a, b = self.now(0), self.now(1)
@@ -168,33 +422,19 @@ class _Slot:
         return True
 
 
-class Mixer:
-    """The audio-thread half of the instrument. Control code talks to it only through `send`,
-    `send_at`, `returned` and the read-only counters."""
+class _NumpyMixer(Mixer):
+    """The mixer in numpy: the reference the C core follows, and the fallback without it."""
+
+    core = "numpy"
+    slots: list[_Slot]  # type: ignore[assignment]
+    limiter: Limiter
 
     def __init__(self, cfg: MixerConfig) -> None:
-        if not 1 <= cfg.slots <= 16:
-            raise ValueError(f"slots {cfg.slots} out of range 1..16")
-        self.cfg = cfg
-        self.sr = cfg.sample_rate
+        super().__init__(cfg)
         n = cfg.max_block
         self.slots = [_Slot(i, cfg.queue_capacity) for i in range(cfg.slots)]
-        self._cmds: SpscRing[Command] = SpscRing(cfg.command_capacity)
-        self._timed: SpscRing[Command] = SpscRing(cfg.command_capacity)
-        self._returns: SpscRing[np.ndarray] = SpscRing(4 * cfg.slots * (cfg.queue_capacity + 2) + 64)
         self.limiter = Limiter(self.sr, n, 2, cfg.ceiling_db)
         self.master = _Ramp(1.0)
-        self.master_db = 0.0
-        self.autolevel = True
-        self.xfade_samples = max(1, int(round(cfg.xfade * self.sr)))
-        self.curve = CURVES.index(cfg.curve)
-        self.morph_mode = 0
-        self.morph_pos = 0.0
-        self.morph_x = 0.5
-        self.morph_y = 0.5
-        self.frame = 0  # output frames produced so far
-        self.return_overflows = 0
-        self.clips_dropped = 0
         # preallocated scratch
         self._ramp1 = np.arange(1, n + 1, dtype=np.float64)
         self._ph = np.empty(n, np.float64)
@@ -205,70 +445,16 @@ class Mixer:
         self._sbuf = np.empty((n, 2), np.float32)
         self._tmp = np.empty((n, 2), np.float32)
         self._mix = np.empty((n, 2), np.float32)
-        self._ops = {
-            OP_GAIN: self._op_gain, OP_PAN: self._op_pan, OP_MUTE: self._op_mute, OP_SOLO: self._op_solo,
-            OP_NEXT: self._op_next, OP_FLUSH: self._op_flush, OP_PUSH: self._op_push,
-            OP_MASTER: self._op_master, OP_XFADE: self._op_xfade, OP_CURVE: self._op_curve,
-            OP_AUTOLEVEL: self._op_autolevel, OP_MORPH_MODE: self._op_morph_mode,
-            OP_MORPH_POS: self._op_morph_pos, OP_MORPH_X: self._op_morph_x, OP_MORPH_Y: self._op_morph_y,
-        }
-
-    # -- control side ----------------------------------------------------------------------------
-    def send(self, cmd: Command) -> bool:
-        """Queue a command for the next block (False: the ring is full; nothing was queued)."""
-        return (self._timed if cmd.frame >= 0 else self._cmds).push(cmd)
-
-    def returned(self) -> list[np.ndarray]:
-        """Clip buffers the audio thread is done with (control side frees or archives them)."""
-        out = []
-        while (c := self._returns.pop()) is not None:
-            out.append(c)
-        return out
-
-    def queue_depth(self, slot: int) -> int:
-        return self.slots[slot].q_count
 
     def buffered_frames(self, slot: int) -> int:
-        """Frames of audio ready for a slot: the rest of what plays now plus its queue."""
         s = self.slots[slot]
         playing = s.inc if s.fading else s.cur
         pos = s.inc_pos if s.fading else s.cur_pos
         rest = playing.shape[0] - pos if playing is not None else 0
         return rest + s.queued_frames
 
-    @property
-    def commands_rejected(self) -> int:
-        return self._cmds.rejected + self._timed.rejected
-
-    # -- audio thread ----------------------------------------------------------------------------
-    def process(self, out: np.ndarray) -> None:
-        """Fill `out` (frames, 2) float32 with the next frames of the mix."""
-        n_total = out.shape[0]
-        cmds = self._cmds
-        for _ in range(256):
-            c = cmds.pop()
-            if c is None:
-                break
-            self._apply(c)
-        maxb = self.cfg.max_block
-        pos = 0
-        timed = self._timed
-        while pos < n_total:
-            end = min(n_total, pos + maxb)
-            c = timed.peek()
-            if c is not None and c.frame < self.frame + (end - pos):
-                at = pos + max(0, c.frame - self.frame)
-                if at > pos:
-                    self._render(out[pos:at])
-                    pos = at
-                timed.pop()
-                self._apply(c)
-                continue
-            self._render(out[pos:end])
-            pos = end
-
-    def _apply(self, c: Command) -> None:
-        self._ops[c.op](c)
+    def _set_ramp(self, slot: int, left: float, right: float, samples: int) -> None:
+        (self.master if slot < 0 else self.slots[slot].ramp).set(left, right, samples)
 
     def _render(self, o: np.ndarray) -> None:
         n = o.shape[0]
@@ -292,7 +478,6 @@ class Mixer:
         self.limiter.process(o)
         self.frame += n
 
-    # -- slots -----------------------------------------------------------------------------------
     def _nominal_fade(self, clip: np.ndarray) -> int:
         return max(1, min(self.xfade_samples, clip.shape[0] // 2))
 
@@ -389,84 +574,6 @@ class Mixer:
                     s.nexts_ignored += 1
         return k
 
-    def _retire(self, clip: np.ndarray) -> None:
-        if not self._returns.push(clip):
-            self.return_overflows += 1  # the buffer is freed here: rare, and counted
-
-    # -- gains -----------------------------------------------------------------------------------
-    def _morph_weight(self, i: int) -> float:
-        n = len(self.slots)
-        if self.morph_mode == 1 and n > 1:
-            d = abs(self.morph_pos - i / (n - 1)) * (n - 1)
-            return math.cos(min(d, 1.0) * _HALF_PI)
-        if self.morph_mode == 2 and i < 4:
-            x, y = self.morph_x, self.morph_y
-            b = ((1 - x) * (1 - y), x * (1 - y), (1 - x) * y, x * y)[i]
-            return math.sqrt(b)
-        return 1.0
-
-    def _update_gains(self, glide: float, only: int = -1) -> None:
-        any_solo = any(s.solo for s in self.slots)
-        samples = int(round(glide * self.sr))
-        power = 0.0
-        for s in self.slots:
-            amp = db_to_amp(s.gain_db) * self._morph_weight(s.index)
-            if s.mute or (any_solo and not s.solo):
-                amp = 0.0
-            s.amp = amp
-            if s.started:
-                power += min(1.0, amp) ** 2
-            if only < 0 or only == s.index:
-                th = (s.pan + 1.0) * math.pi / 4
-                s.ramp.set(amp * math.sqrt(2) * math.cos(th), amp * math.sqrt(2) * math.sin(th), samples)
-        m = db_to_amp(self.master_db)
-        if self.autolevel:
-            m /= math.sqrt(max(1.0, power))
-        self.master.set(m, m, samples)
-
-    def _op_gain(self, c: Command) -> None:
-        self.slots[c.slot].gain_db = c.value
-        self._update_gains(c.glide)
-
-    def _op_pan(self, c: Command) -> None:
-        self.slots[c.slot].pan = c.value
-        self._update_gains(c.glide, only=c.slot)
-
-    def _op_mute(self, c: Command) -> None:
-        self.slots[c.slot].mute = bool(c.value)
-        self._update_gains(c.glide)
-
-    def _op_solo(self, c: Command) -> None:
-        self.slots[c.slot].solo = bool(c.value)
-        self._update_gains(c.glide)
-
-    def _op_master(self, c: Command) -> None:
-        self.master_db = c.value
-        self._update_gains(c.glide)
-
-    def _op_autolevel(self, c: Command) -> None:
-        self.autolevel = bool(c.value)
-        self._update_gains(c.glide)
-
-    def _op_morph_mode(self, c: Command) -> None:
-        self.morph_mode = int(c.value)
-        self._update_gains(c.glide)
-
-    def _op_morph_pos(self, c: Command) -> None:
-        self.morph_pos = c.value
-        self._update_gains(c.glide)
-
-    def _op_morph_x(self, c: Command) -> None:
-        self.morph_x = c.value
-        self._update_gains(c.glide)
-
-    def _op_morph_y(self, c: Command) -> None:
-        self.morph_y = c.value
-        self._update_gains(c.glide)
-
-    def _op_curve(self, c: Command) -> None:
-        self.curve = int(c.value)  # fades in progress keep their curve: no gain step mid-fade
-
     def _op_xfade(self, c: Command) -> None:
         self.xfade_samples = max(1, int(round(c.value * self.sr)))
         for s in self.slots:
@@ -507,3 +614,209 @@ class Mixer:
         if not s.push(c.clip):
             self.clips_dropped += 1
             self._retire(c.clip)
+
+
+# == the compiled core =============================================================================
+class _CSlot:
+    """A slot of the C core: settings in Python, state and counters read from the C struct."""
+
+    __slots__ = ("index", "gain_db", "pan", "mute", "solo", "pushes", "_c", "_owner")
+
+    def __init__(self, index: int, c: Any, owner: Any) -> None:
+        self.index = index
+        self.gain_db = 0.0
+        self.pan = 0.0
+        self.mute = False
+        self.solo = False
+        self.pushes = 0  # OP_PUSH commands applied (accepted or dropped)
+        self._c = c  # mc_slot, inside the state that `owner` keeps alive
+        self._owner = owner
+
+    @property
+    def amp(self) -> float:
+        return float(self._c.amp)
+
+    @amp.setter
+    def amp(self, value: float) -> None:
+        self._c.amp = value
+
+    @property
+    def started(self) -> bool:
+        return bool(self._c.started)
+
+    @property
+    def q_count(self) -> int:
+        return int(self._c.q_count)
+
+    @property
+    def queued_frames(self) -> int:
+        return int(self._c.queued_frames)
+
+    @property
+    def starvations(self) -> int:
+        return int(self._c.starvations)
+
+    @property
+    def transitions(self) -> int:
+        return int(self._c.transitions)
+
+    @property
+    def nexts_ignored(self) -> int:
+        return int(self._c.nexts_ignored)
+
+    @property
+    def level(self) -> float:
+        return float(self._c.level)
+
+
+class _CLimiter:
+    """The C core's limiter, as the control side reads it."""
+
+    def __init__(self, st: Any, ceiling_db: float) -> None:
+        self._st = st
+        self.ceiling_db = ceiling_db
+        self.ceiling = 10.0 ** (ceiling_db / 20.0)
+        self.L = int(st.lim.L)
+
+    @property
+    def latency(self) -> int:
+        """Delay in samples added by the look-ahead."""
+        return self.L
+
+    @property
+    def reducing(self) -> float:
+        return float(self._st.lim.reducing)
+
+
+class _CMixer(Mixer):
+    """The mixer with its per-sample work in mixcore.c: one C call per (sub-)block."""
+
+    core = "c"
+    slots: list[_CSlot]  # type: ignore[assignment]
+    limiter: _CLimiter
+
+    def __init__(self, cfg: MixerConfig) -> None:
+        super().__init__(cfg)
+        ffi, lib = _CORE.ffi, _CORE.lib
+        self._ffi, self._lib = ffi, lib
+        st = lib.mc_new(cfg.slots, cfg.queue_capacity, cfg.max_block, int(cfg.stagger), self.xfade_samples,
+                        self.curve, int(round(_AUTOLEVEL_GLIDE * self.sr)), lookahead_samples(self.sr),
+                        cfg.ceiling_db, RELEASE_DB_PER_S / self.sr)
+        if st == ffi.NULL:
+            raise MemoryError("mixer: cannot allocate the C core's state")
+        self._st = ffi.gc(st, lib.mc_free)
+        self.slots = [_CSlot(i, self._st.slots[i], self._st) for i in range(cfg.slots)]
+        self.limiter = _CLimiter(self._st, cfg.ceiling_db)
+        self._retired = self._st.retired
+        # the clip arrays whose pointers C holds, by clip id; only the audio thread touches this
+        self._clips: list[np.ndarray | None] = [None] * (cfg.slots * (cfg.queue_capacity + 2))
+        self._out = np.zeros((cfg.max_block, 2), np.float32)  # for outputs C cannot write directly
+        self._out_c = ffi.from_buffer("float[]", self._out, require_writable=True)
+
+    def send(self, cmd: Command) -> bool:
+        clip = cmd.clip
+        if cmd.op == OP_PUSH and clip is not None:
+            # C reads (frames, 2) float32 rows directly: make it so here, on the control side
+            if clip.ndim != 2 or clip.shape[1] != 2:
+                raise ValueError(f"clip of shape {clip.shape}: the mixer takes (frames, 2) arrays")
+            if clip.dtype != _F32 or not (clip.flags.c_contiguous and clip.flags.aligned):
+                cmd = replace(cmd, clip=np.require(clip, _F32, ["C", "A"]))
+        return super().send(cmd)
+
+    def buffered_frames(self, slot: int) -> int:
+        return int(self._lib.mc_buffered(self._st, self.slots[slot].index))
+
+    @property
+    def retired_lost(self) -> int:
+        """Clip ids freed without being reported back (a full list; should stay 0)."""
+        return int(self._st.retired_lost)
+
+    def _render(self, o: np.ndarray) -> None:
+        n = o.shape[0]
+        st = self._st
+        if o.dtype is _F32 and o.flags.c_contiguous and o.shape[1:] == (2,):
+            self._lib.mc_render(st, self._ffi.from_buffer("float[]", o, True), n)
+        else:
+            self._lib.mc_render(st, self._out_c, n)
+            o[:] = self._out[:n]
+        if st.n_retired:
+            self._drain()
+        self.frame += n
+
+    def _drain(self) -> None:
+        """Hand the clips C retired to the return ring."""
+        st, ids, clips = self._st, self._retired, self._clips
+        for j in range(st.n_retired):
+            i = ids[j]
+            clip = clips[i]
+            clips[i] = None
+            if clip is not None:
+                self._retire(clip)
+        st.n_retired = 0
+
+    def _set_ramp(self, slot: int, left: float, right: float, samples: int) -> None:
+        if slot < 0:  # what C needs to redo the autolevel when a slot starts
+            self._st.master_amp = db_to_amp(self.master_db)
+            self._st.autolevel = int(self.autolevel)
+        self._lib.mc_set_ramp(self._st, slot, left, right, samples)
+
+    def _op_curve(self, c: Command) -> None:
+        super()._op_curve(c)
+        self._st.curve = self.curve
+
+    def _op_xfade(self, c: Command) -> None:
+        self.xfade_samples = max(1, int(round(c.value * self.sr)))
+        self._lib.mc_set_xfade(self._st, self.xfade_samples)
+
+    def _op_next(self, c: Command) -> None:
+        self._lib.mc_next(self._st, self.slots[c.slot].index)
+
+    def _op_flush(self, c: Command) -> None:
+        self._lib.mc_flush(self._st, self.slots[c.slot].index)
+        self._drain()
+
+    def _op_push(self, c: Command) -> None:
+        s = self.slots[c.slot]
+        clip = c.clip
+        assert clip is not None
+        s.pushes += 1
+        i = self._lib.mc_push(self._st, s.index, self._ffi.from_buffer("float[]", clip), clip.shape[0])
+        if i < 0:
+            self.clips_dropped += 1
+            self._retire(clip)
+        else:
+            self._clips[i] = clip
+
+
+# == choosing ======================================================================================
+def _load_core() -> tuple[Any, str]:
+    try:
+        mod = importlib.import_module("instrument._mixcore")
+    except ImportError as e:
+        return None, str(e)
+    if mod.lib.MC_VERSION != _CORE_VERSION:
+        return None, f"a stale build (version {mod.lib.MC_VERSION}, this code needs {_CORE_VERSION})"
+    return mod, ""
+
+
+_CORE, _CORE_ERROR = _load_core()
+_logged: set[str] = set()
+
+
+def _log_once(key: str, level: int, msg: str, *args: object) -> None:
+    if key not in _logged:
+        _logged.add(key)
+        log.log(level, msg, *args)
+
+
+def _choose_core() -> type[Mixer]:
+    """The compiled core unless ENDLESS_PURE_PYTHON=1 or it is not built (logged once)."""
+    if os.environ.get("ENDLESS_PURE_PYTHON", "") not in ("", "0"):
+        _log_once("forced", logging.INFO, "mixer: numpy core (ENDLESS_PURE_PYTHON is set)")
+        return _NumpyMixer
+    if _CORE is None:
+        _log_once("missing", logging.WARNING, "mixer: the compiled core is not available (%s): using the numpy "
+                  "core, which costs ~15x more per block; `pip install -e .` builds it", _CORE_ERROR)
+        return _NumpyMixer
+    _log_once("c", logging.DEBUG, "mixer: compiled C core (%s)", _CORE.__file__)
+    return _CMixer

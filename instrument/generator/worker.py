@@ -57,6 +57,7 @@ class WorkerSpec:
     max_batch: int = 4
     allow_download: bool = False
     threads: int = 0  # torch CPU threads (0: torch's default)
+    compile: bool = True  # on cuda: torch.compile with CUDA graphs (112 ms vs 499 ms a clip on an H200)
     test_delay: float = 0.0  # extra seconds per step, for tests of starvation and hangs
 
 
@@ -95,6 +96,10 @@ class _Child:
             elif isinstance(msg, Shutdown):
                 self.stop = True
 
+    def batch_sizes(self) -> tuple[int, ...]:
+        """Batch sizes the worker runs: 1 and max_batch (others are padded up: one compiled graph each)."""
+        return (1,) if self.spec.max_batch <= 1 else (1, self.spec.max_batch)
+
     def next_batch(self) -> list[Request]:
         self.queue.sort(key=lambda r: not r.priority)  # stable: priority first, then FIFO
         first = self.queue[0]
@@ -131,6 +136,13 @@ class _Child:
             fatal = isinstance(e, EndlessError)
             self.send(Failed(str(e) if fatal else f"loading the model failed: {e!r}", fatal=True))
             return
+        sizes = self.batch_sizes()
+        if self.spec.compile and pipe.device.type == "cuda":
+            pipe.compile("reduce-overhead")
+            from instrument.generator.pipeline import ClipRequest as _Warm
+
+            for n in sizes:  # compile and capture each batch size now, not in the middle of a set
+                pipe([_Warm("warm up", seed=0, duration=1.0)] * n, steps=2)
         beat.set()
         hb.join()
         self.send(Ready(pipe.name, str(pipe.device), str(pipe.dtype).replace("torch.", ""), self.spec.sample_rate,
@@ -158,9 +170,11 @@ class _Child:
                 return self.stop or all(r.id in self.cancelled for r in batch)
 
             t = time.perf_counter()
+            reqs = [ClipRequest(r.prompt, seed=r.seed, duration=r.seconds, guidance=r.guidance) for r in batch]
+            if pipe.device.type == "cuda" and len(reqs) not in self.batch_sizes():
+                reqs += [reqs[0]] * (self.spec.max_batch - len(reqs))  # pad to a compiled size; extras dropped
             try:
-                clips = pipe([ClipRequest(r.prompt, seed=r.seed, duration=r.seconds, guidance=r.guidance)
-                              for r in batch], steps=batch[0].steps, callback=progress, should_cancel=should_cancel)
+                clips = pipe(reqs, steps=batch[0].steps, callback=progress, should_cancel=should_cancel)[:len(batch)]
             except Cancelled:
                 for r in batch:
                     self.send(Dropped(r.id, r.slot, "cancelled"))
