@@ -9,6 +9,9 @@ the buffers the audio thread retired; it runs on the control thread (live) or be
 
 from __future__ import annotations
 
+import bisect
+import heapq
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -77,6 +80,8 @@ class Engine:
         self._script_i = 0
         self._control: list[tuple[int, Event]] = []  # other events: applied when their frame is due
         self._control_i = 0
+        self._timed: list[tuple[int, int, Command]] = []  # (frame, sequence, command), a heap
+        self._seq = itertools.count()
         self.buffers_returned = 0
         self.clip_log: deque[ClipEvent] = deque(maxlen=10000)
 
@@ -95,7 +100,10 @@ class Engine:
         elif p.target == "mixer":
             cmd = Command(MIXER_OPS[p.key], -1 if ref.slot is None else ref.slot, _code(p, value),
                           p.smoothing if glide is None else glide, None, frame)
-            if not self.mixer.send(cmd):
+            if frame >= 0:
+                # timed: held here in frame order, handed to the mixer's ring shortly before it is due
+                heapq.heappush(self._timed, (frame, next(self._seq), cmd))
+            elif not self.mixer.send(cmd):
                 raise ParamError(f"{ref.address(self.registry.prefix)}: the audio thread's command queue "
                                  "is full (is the audio stream running?)")
         if p.kind != "trigger":
@@ -124,6 +132,18 @@ class Engine:
         self.mixer.send(Command(OP_FLUSH, slot))
 
     # -- scripts ---------------------------------------------------------------------------------
+    def at(self, frame: int, address: str, args: Sequence[object]) -> tuple[Ref, Value]:
+        """Validate now; apply at output `frame` (sample-accurate for mixer parameters, at the next
+        control tick at or after the frame for the rest, e.g. prompts). Quantize and presets use this."""
+        ref = self.registry.resolve(address)
+        value = self.registry.coerce(ref, args)
+        if ref.param.target == "mixer":
+            self.set(ref, value, frame)
+        else:
+            bisect.insort(self._control, (frame, Event(frame / self.cfg.sample_rate, address, tuple(args))),
+                          lo=self._control_i, key=lambda fe: fe[0])
+        return ref, value
+
     def load_script(self, events: list[Event]) -> None:
         sr = self.cfg.sample_rate
         self._script, self._control = [], []
@@ -135,7 +155,8 @@ class Engine:
         self._script_i = self._control_i = 0
 
     def schedule_script(self, until_frame: int) -> None:
-        """Queue mixer events due before `until_frame` as commands timed to their exact frame."""
+        """Hand the mixer every timed change (script events, quantized changes) due before
+        `until_frame`, in frame order, so each lands on its exact sample."""
         sr = self.cfg.sample_rate
         while self._script_i < len(self._script):
             ev = self._script[self._script_i]
@@ -144,6 +165,11 @@ class Engine:
                 break
             self.handle(ev.address, ev.args, frame)
             self._script_i += 1
+        while self._timed and self._timed[0][0] < until_frame:
+            cmd = self._timed[0][2]
+            if not self.mixer.send(cmd):
+                break  # ring full: try again next tick
+            heapq.heappop(self._timed)
 
     def next_control_frame(self) -> int | None:
         """The frame of the next script event that is applied when due (prompts and the like)."""
