@@ -142,6 +142,9 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
          status: Callable[[Engine, Output], None] | None = None, lookahead: float = 0.5) -> PlaySummary:
     """Play until `seconds` of output have been produced (None: until Ctrl-C)."""
     sr = engine.cfg.sample_rate
+    if engine.generator is not None:
+        log.info("loading the model (the first start of a CUDA backend also compiles it)...")
+        engine.generator.wait_ready()
     engine.apply_due(0)
     engine.schedule_script(int(lookahead * sr))
     engine.pump()

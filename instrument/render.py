@@ -46,6 +46,8 @@ def render(engine: Engine, seconds: float, blocksize: int = 512,
     total = int(round(seconds * sr))
     out = np.zeros((total, 2), np.float32)
     gen = engine.generator
+    if gen is not None and live_timing:
+        gen.wait_ready()  # the clock starts with a loaded model, as a set would
     pos = 0
     t0 = time.monotonic()
     while pos < total:

@@ -195,6 +195,20 @@ class Scheduler:
             p.inflight = req.id
             self.client.submit(req)
 
+    def wait_ready(self, timeout: float = 900.0, report: Callable[[str], None] | None = None) -> None:
+        """Block until the worker has loaded its model (the first start can download or compile)."""
+        deadline = time.monotonic() + timeout
+        while self.client.state not in ("ready", "busy"):
+            if self.client.state == "failed":
+                from instrument.generator.errors import ModelError
+
+                raise ModelError(f"the generator failed: {self.client.error}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the generator did not load in {timeout:g} s")
+            self.tick(0.1)
+            if report is not None:
+                report(self.client.state)
+
     def wait_fed(self, timeout: float = 600.0) -> None:
         """Block until no slot with a prompt is starving (deterministic render)."""
         deadline = time.monotonic() + timeout

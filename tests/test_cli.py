@@ -81,3 +81,42 @@ def test_no_command_prints_usage() -> None:
 def test_docs_command_matches_file() -> None:
     r = endless("docs")
     assert r.returncode == 0 and r.stdout == (ROOT / "docs" / "osc.md").read_text()
+
+
+# -- the generator from the command line -------------------------------------------------------------
+def _offline_env(tmp_path: Path) -> dict[str, str]:
+    import os
+
+    return dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), HF_HOME=str(tmp_path / "hf"),
+                HF_HUB_OFFLINE="1")
+
+
+def test_render_with_the_tiny_model_and_a_prompt_script(tmp_path: Path) -> None:
+    script = tmp_path / "s.jsonl"
+    script.write_text('{"t": 4, "address": "/endless/slot/2/prompt", "args": ["thunder:0.7 | rain:0.3"]}\n')
+    out = tmp_path / "g.wav"
+    r = endless("render", "--model", "auto", "--slots", "2", "--seconds", "8", "--length", "3", "--steps", "3",
+                "--xfade", "0.5", "--script", str(script), "--prompt", "rain", "--prompt", "wind", "--out", str(out),
+                env=_offline_env(tmp_path), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "TINY RANDOM-WEIGHT STAND-IN" in r.stderr  # auto without weights: a warning nobody can miss
+    assert "0 starvations" in r.stdout and "0 restarts" in r.stdout
+    audio, sr = sf.read(out)
+    assert audio.shape == (8 * 44100, 2) and np.isfinite(audio).all() and np.abs(audio[44100:]).max() > 0.01
+
+
+@pytest.mark.parametrize("args,code,fragments", [
+    (["--model", "{tmp}/no-such-dir"], 4, ["--model-dir", "--model tiny"]),
+    (["--model", "tangoflux"], 4, ["HF_HUB_OFFLINE", "--model tiny"]),
+    (["--model", "tiny", "--backend", "cuda"], 2, ["--backend cuda", "use --backend auto or cpu"]),
+    (["--model", "tiny", "--backend", "tpu"], 2, ["--backend tpu: allowed auto, cuda, mps, cpu"]),
+    (["--model", "tiny", "--prompt", "rain:0.5 | "], 2, ["prompt"]),
+    (["--model", "tiny", "--steps", "0"], 2, ["--steps: 0 out of range"]),
+    (["--model", "tiny", "--prompt", "a", "--prompt", "b", "--slots", "1"], 2, ["--prompt given 2 times for 1 slots"]),
+])
+def test_generator_errors_are_one_line(tmp_path: Path, args: list[str], code: int, fragments: list[str]) -> None:
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    r = endless("render", "--seconds", "1", "--out", str(tmp_path / "x.wav"), *args, env=_offline_env(tmp_path))
+    assert r.returncode == code, (r.returncode, r.stderr)
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("endless: error:") and all(f in last for f in fragments), r.stderr
