@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", default="low", help="'low', 'high' or seconds (default low)")
     p.add_argument("--record", type=Path, metavar="FILE", help="also record the output to FILE (.wav or .flac)")
     p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--log-control", type=Path, metavar="FILE",
+                   help="record every accepted control change as a script (replay: endless render --script FILE)")
 
     r = sub.add_parser("render", help="render offline to a file, faster than real time")
     _mix_args(r)
@@ -165,6 +167,9 @@ def _engine(args: argparse.Namespace, sample_rate: int, deterministic: bool = Fa
     else:
         source = _generator(args, cfg, sample_rate, deterministic)
     engine = Engine(cfg, source)
+    for p in PARAMS:  # registry flags that are not mixer settings: tempo, quantize
+        if p.cli and p.scope == "global" and p.key not in ("xfade", "curve"):
+            engine.handle(p.address(reg.prefix), [_flag_value(reg, p, getattr(args, p.name))])
     if engine.generator is not None:
         for key, value in slot_values.items():
             for s in range(cfg.slots):
@@ -234,6 +239,7 @@ def _gen_summary(engine) -> str:  # type: ignore[no-untyped-def]
 def cmd_play(args: argparse.Namespace) -> int:
     from instrument.audio import device_rate, find_device, play
     from instrument.render import Recorder, check_output_path
+    from instrument.script import ControlLog
 
     _check(args.seconds is None or args.seconds > 0, f"--seconds {args.seconds}: must be > 0")
     latency: str | float = args.latency
@@ -247,6 +253,8 @@ def cmd_play(args: argparse.Namespace) -> int:
     device = find_device(args.device)
     rate = args.samplerate or device_rate(device)
     engine = _engine(args, rate)
+    engine.guard_frames = int(0.03 * rate) + 2 * (args.blocksize or 256)  # quantized changes must reach the audio
+    control_log = ControlLog(args.log_control, engine) if args.log_control is not None else None
     recorder = Recorder(args.record, rate) if args.record is not None else None
     status = _status_line if sys.stderr.isatty() else None
     try:
@@ -254,6 +262,8 @@ def cmd_play(args: argparse.Namespace) -> int:
     finally:
         if recorder is not None:
             recorder.close()
+        if control_log is not None:
+            control_log.close()
         if engine.source is not None:
             engine.source.close()
     if status:

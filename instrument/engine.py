@@ -25,6 +25,7 @@ from instrument.mixer import MIXER_OPS, OP_FLUSH, OP_NEXT, OP_PUSH, Command, Mix
 from instrument.params import Param, Ref, Registry, Value
 from instrument.script import Event
 from instrument.sources import ClipSource
+from instrument.transport import Transport
 
 if TYPE_CHECKING:
     from instrument.scheduler import Scheduler
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Ref, Value], None]
+
+QUANTIZED = frozenset({"slot/next"})  # mixer triggers moved to the grid; prompt cuts are aligned in pump()
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,10 @@ class Engine:
         self.values: dict[tuple[str, int | None], Value] = self.registry.defaults()
         self.values[("xfade", None)] = cfg.xfade
         self.values[("curve", None)] = cfg.curve
+        self.transport = Transport(cfg.sample_rate)
+        self.guard_frames = 0  # live: how far ahead a quantized change must be to reach the audio in time
+        self.last_change_frame = 0  # the frame the change being reported to listeners takes effect
+        self._flush_pending: set[int] = set()
         self._sent = [0] * cfg.slots  # clip pushes sent per slot (the mixer counts those applied)
         self.listeners: list[Listener] = []
         self._script: list[Event] = []  # mixer events: queued ahead as commands timed to their frame
@@ -95,8 +102,16 @@ class Engine:
 
     def set(self, ref: Ref, value: Value, frame: int = -1, glide: float | None = None) -> None:
         p = ref.param
+        if frame < 0 and p.key in QUANTIZED:
+            q = self.quantized_frame()
+            frame = q if q is not None else frame
         if p.target == "generator":
             self._generator_set(ref, value)
+        elif p.target == "transport":
+            if p.key == "tempo":
+                self.transport.set_tempo(float(value), max(frame, self.mixer.frame))
+            else:
+                self.transport.beats_per_bar = int(value)
         elif p.target == "mixer":
             cmd = Command(MIXER_OPS[p.key], -1 if ref.slot is None else ref.slot, _code(p, value),
                           p.smoothing if glide is None else glide, None, frame)
@@ -108,6 +123,7 @@ class Engine:
                                  "is full (is the audio stream running?)")
         if p.kind != "trigger":
             self.values[(p.key, ref.slot)] = value
+        self.last_change_frame = frame if frame >= 0 else self.mixer.frame
         for fn in self.listeners:
             fn(ref, value)
 
@@ -128,8 +144,19 @@ class Engine:
             gen.set(ref.slot, p.name, float(value))
 
     def flush(self, slot: int) -> None:
-        """Drop a slot's queued clips now (the playing clip plays on)."""
-        self.mixer.send(Command(OP_FLUSH, slot))
+        """Drop a slot's queued clips now (the playing clip plays on); when quantizing, together
+        with the cut to the new prompt's first clip, on the grid."""
+        if self.quantized_frame() is not None:
+            self._flush_pending.add(slot)
+        else:
+            self.mixer.send(Command(OP_FLUSH, slot))
+
+    def quantized_frame(self) -> int | None:
+        """The next beat or bar frame far enough ahead to be met, or None when not quantizing."""
+        q = self.values[("quantize", None)]
+        if q == "off":
+            return None
+        return self.transport.next_boundary(self.mixer.frame + self.guard_frames, "beat" if q == "beat" else "bar")
 
     # -- scripts ---------------------------------------------------------------------------------
     def at(self, frame: int, address: str, args: Sequence[object]) -> tuple[Ref, Value]:
@@ -204,13 +231,25 @@ class Engine:
                     break
                 if clip.sample_rate != self.cfg.sample_rate:
                     raise ValueError(f"clip at {clip.sample_rate} Hz for a {self.cfg.sample_rate} Hz mixer")
-                if not self.push_clip(i, clip.audio):
-                    break
                 cut = clip.cut and self.mixer.slots[i].started
-                if cut:
-                    self.mixer.send(Command(OP_NEXT, i))  # a new prompt: crossfade to it now
-                self.clip_log.append(ClipEvent(self.mixer.frame, i, clip.info.prompt, clip.info.seed,
-                                               clip.info.source, cut))
+                at = self.quantized_frame() if cut else None
+                if at is not None:  # flush, queue and cut together on the grid
+                    if i in self._flush_pending:
+                        self._flush_pending.discard(i)
+                        heapq.heappush(self._timed, (at, next(self._seq), Command(OP_FLUSH, i, frame=at)))
+                    heapq.heappush(self._timed, (at, next(self._seq), Command(OP_PUSH, i, clip=clip.audio, frame=at)))
+                    heapq.heappush(self._timed, (at, next(self._seq), Command(OP_NEXT, i, frame=at)))
+                    self._sent[i] += 1
+                else:
+                    if i in self._flush_pending:
+                        self._flush_pending.discard(i)
+                        self.mixer.send(Command(OP_FLUSH, i))
+                    if not self.push_clip(i, clip.audio):
+                        break
+                    if cut:
+                        self.mixer.send(Command(OP_NEXT, i))  # a new prompt: crossfade to it now
+                self.clip_log.append(ClipEvent(self.mixer.frame if at is None else at, i, clip.info.prompt,
+                                               clip.info.seed, clip.info.source, cut))
                 sent += 1
         return sent
 

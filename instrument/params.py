@@ -142,6 +142,14 @@ PARAMS: tuple[Param, ...] = (
           min=0.0, max=1.0, smoothing=0.1),
     Param("morph/y", "global", "float", 0.5, "XY morph: y (slot 1 and 2 at 0, slot 3 and 4 at 1).",
           min=0.0, max=1.0, smoothing=0.1),
+    # -- transport -----------------------------------------------------------------------------
+    Param("tempo", "global", "float", 120.0,
+          "Internal tempo (ignored while slaved to MIDI clock, which sets it).", min=20.0, max=300.0,
+          unit="bpm", target="transport", cli=True),
+    Param("meter", "global", "int", 4, "Beats per bar.", min=1, max=16, target="transport"),
+    Param("quantize", "global", "enum", "off",
+          "Where prompt changes, next triggers and preset recalls land: at once, or on the next beat or "
+          "bar, sample-accurately.", choices=("off", "beat", "bar"), target="engine", cli=True),
     # -- per slot ------------------------------------------------------------------------------
     Param("slot/gain", "slot", "float", 0.0, "Slot fader.", min=SILENCE_DB, max=6.0, unit="dB",
           smoothing=0.03, curve="fader"),

@@ -49,14 +49,15 @@ def render(engine: Engine, seconds: float, blocksize: int = 512,
     if gen is not None and live_timing:
         gen.wait_ready()  # the clock starts with a loaded model, as a set would
     pos = 0
+    base = engine.mixer.frame  # the engine's frames are absolute: a render may continue another
     t0 = time.monotonic()
     while pos < total:
         end = min(total, pos + blocksize)
         nf = engine.next_control_frame()
-        if nf is not None and nf < end:
-            end = max(nf, pos)  # split the block at a prompt change, so it lands on its frame
-        engine.apply_due(pos)
-        engine.schedule_script(end)
+        if nf is not None and nf - base < end:
+            end = max(nf - base, pos)  # split the block at a prompt change, so it lands on its frame
+        engine.apply_due(base + pos)
+        engine.schedule_script(base + end)
         engine.pump()
         if gen is not None:
             if live_timing:  # the audio clock runs at wall-clock speed and takes what is ready

@@ -16,9 +16,13 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from instrument.errors import ParamError, ScriptError
-from instrument.params import Registry
+from instrument.params import Ref, Registry, Value
+
+if TYPE_CHECKING:
+    from instrument.engine import Engine
 
 _KEYS = {"t", "address", "args"}
 
@@ -73,3 +77,37 @@ def load_script(path: Path, registry: Registry) -> list[Event]:
         events.append(ev)
     events.sort(key=lambda e: e.t)
     return events
+
+
+class ControlLog:
+    """`endless play --log-control FILE`: every accepted control change, with the output time it
+    took effect, in the script format; `endless render --script FILE` re-renders the performance.
+    Written from the control thread, one flushed line per change (a crash loses nothing)."""
+
+    def __init__(self, path: Path, engine: Engine) -> None:
+        try:
+            self._f: IO[str] = path.open("w", buffering=1)
+        except OSError as e:
+            raise ScriptError(f"--log-control {path}: cannot write ({e.strerror}): check the folder") from None
+        self.engine = engine
+        self.lines = 0
+        for (key, slot), value in sorted(engine.values.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+            p = engine.registry[key]
+            if p.target == "generator" and engine.generator is None:
+                continue
+            self._write(0.0, p.address(engine.registry.prefix, slot), [value])  # the starting state
+        engine.listeners.append(self._changed)
+
+    def _changed(self, ref: Ref, value: Value) -> None:
+        args: list[object] = [] if ref.param.kind == "trigger" else [value]
+        t = self.engine.last_change_frame / self.engine.cfg.sample_rate
+        self._write(t, ref.param.address(self.engine.registry.prefix, ref.slot), args)
+
+    def _write(self, t: float, address: str, args: list[object]) -> None:
+        self._f.write(Event(t, address, tuple(args)).to_json() + "\n")
+        self.lines += 1
+
+    def close(self) -> None:
+        if self._changed in self.engine.listeners:
+            self.engine.listeners.remove(self._changed)
+        self._f.close()

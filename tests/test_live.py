@@ -30,9 +30,10 @@ def test_play_through_jack_without_underflows_and_record_equals_render(
     script = tmp_path / "s.jsonl"
     script.write_text(SCRIPT)
     rec = tmp_path / "live.wav"
-    common = ["--clips", str(noise_folder), "--slots", "4", "--xfade", "1", "--script", str(script), "--seed", "7"]
-    r = endless("play", *common, "--seconds", "10", "--device", "system", "--latency", "low",
-                "--record", str(rec), env=jack_env, timeout=120)
+    log = tmp_path / "control.jsonl"
+    common = ["--clips", str(noise_folder), "--slots", "4", "--xfade", "1", "--seed", "7"]
+    r = endless("play", *common, "--script", str(script), "--seconds", "10", "--device", "system", "--latency", "low",
+                "--record", str(rec), "--log-control", str(log), env=jack_env, timeout=120)
     assert r.returncode == 0, r.stderr
     m = re.search(r"played ([\d.]+) s: (\d+) underflows, (\d+) starvations", r.stdout)
     assert m, r.stdout
@@ -43,11 +44,18 @@ def test_play_through_jack_without_underflows_and_record_equals_render(
     assert sr == 44100 and live.shape == (10 * 44100, 2)
 
     off = tmp_path / "offline.wav"
-    r = endless("render", *common, "--seconds", "10", "--blocksize", "1000", "--out", str(off))
+    r = endless("render", *common, "--script", str(script), "--seconds", "10", "--blocksize", "1000", "--out", str(off))
     assert r.returncode == 0, r.stderr
     offline, _ = sf.read(off, dtype="float32")
     assert np.abs(live).max() > 0.05
     assert np.array_equal(live, offline)  # the recorder's file is the offline render, sample for sample
+
+    # the control log re-renders the performance: the same output from the log alone
+    assert len(log.read_text().splitlines()) > len(SCRIPT.splitlines())
+    again = tmp_path / "from_log.wav"
+    r = endless("render", *common, "--script", str(log), "--seconds", "10", "--out", str(again))
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(sf.read(again, dtype="float32")[0], live)
 
 
 def test_devices_lists_the_jack_output(jack_env: dict[str, str]) -> None:
