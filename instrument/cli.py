@@ -16,7 +16,7 @@ from pathlib import Path
 from instrument import __version__
 from instrument.errors import ConfigError, EndlessError
 from instrument.mixer import MixerConfig
-from instrument.params import PARAMS, Param, Registry
+from instrument.params import PARAMS, Param, Registry, as_float
 
 log = logging.getLogger("endless")
 
@@ -132,7 +132,7 @@ def _mixer_config(args: argparse.Namespace, sample_rate: int) -> MixerConfig:
 def _flag_value(reg: Registry, p: Param, value: object) -> float | str:
     try:
         v = reg.check(p, value, f"--{p.name}")
-        return v if isinstance(v, str) else float(v)
+        return v if isinstance(v, str) else as_float(v)
     except EndlessError as e:
         raise ConfigError(str(e)) from None
 

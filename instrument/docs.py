@@ -30,6 +30,8 @@ def _range(p: Param) -> str:
         return f"{p.min:g} .. {p.max:g}"
     if p.kind == "bool":
         return "0 / 1"
+    if p.kind == "weights":
+        return "one number >= 0 per blend part"
     return "-"
 
 
@@ -38,6 +40,8 @@ def _default(p: Param) -> str:
         return "-"
     if p.kind == "bool":
         return "1" if p.default else "0"
+    if p.kind == "weights":
+        return "the prompt's"
     return f"`{p.default}`"
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from instrument.errors import ParamError
 from instrument.mixer import MIXER_OPS, OP_FLUSH, OP_NEXT, OP_PUSH, Command, Mixer, MixerConfig
-from instrument.params import Param, Ref, Registry, Value
+from instrument.params import Param, Ref, Registry, Value, as_float
 from instrument.script import Event
 from instrument.sources import ClipSource
 from instrument.transport import Transport
@@ -109,9 +109,9 @@ class Engine:
             self._generator_set(ref, value)
         elif p.target == "transport":
             if p.key == "tempo":
-                self.transport.set_tempo(float(value), max(frame, self.mixer.frame))
+                self.transport.set_tempo(as_float(value), max(frame, self.mixer.frame))
             else:
-                self.transport.beats_per_bar = int(value)
+                self.transport.beats_per_bar = int(as_float(value))
         elif p.target == "mixer":
             cmd = Command(MIXER_OPS[p.key], -1 if ref.slot is None else ref.slot, _code(p, value),
                           p.smoothing if glide is None else glide, None, frame)
@@ -140,8 +140,11 @@ class Engine:
             gen.set_prompt(ref.slot, str(value))
         elif p.key == "slot/regenerate":
             gen.regenerate(ref.slot)
+        elif p.key == "slot/weights":
+            assert isinstance(value, tuple)
+            gen.set_weights(ref.slot, value)
         else:
-            gen.set(ref.slot, p.name, float(value))
+            gen.set(ref.slot, p.name, as_float(value))
 
     def flush(self, slot: int) -> None:
         """Drop a slot's queued clips now (the playing clip plays on); when quantizing, together
@@ -280,4 +283,4 @@ def _code(p: Param, value: Value) -> float:
         return float(p.choices.index(str(value)))  # the mixer's CURVES/MORPH_MODES are these choices
     if p.kind in ("bool", "trigger"):
         return 1.0 if value else 0.0
-    return float(value)
+    return as_float(value)

@@ -25,10 +25,10 @@ from typing import Literal
 from instrument.errors import ParamError
 
 Scope = Literal["global", "slot"]
-Kind = Literal["float", "int", "bool", "enum", "text", "trigger"]
+Kind = Literal["float", "int", "bool", "enum", "text", "trigger", "weights"]
 Curve = Literal["linear", "fader", "log"]
 Target = Literal["mixer", "generator", "transport", "engine"]
-Value = float | int | bool | str
+Value = float | int | bool | str | tuple[float, ...]
 
 DEFAULT_PREFIX = "/endless"
 SILENCE_DB = -60.0  # a fader at or below this is off (amplitude 0)
@@ -102,12 +102,19 @@ class Param:
             i = self.choices.index(str(value))
             return (i + 0.5) / len(self.choices)
         assert self.min is not None and self.max is not None
-        v = float(value)
+        v = as_float(value)
         if self.curve == "fader":
             return 0.0 if v <= SILENCE_DB else min(1.0, math.sqrt(db_to_amp(v) / 2.0))
         if self.curve == "log":
             return math.log(v / self.min) / math.log(self.max / self.min)
         return (v - self.min) / (self.max - self.min)
+
+
+def as_float(value: Value) -> float:
+    """A number-kind value as a float (the registry has checked its kind)."""
+    if isinstance(value, (str, tuple)):
+        raise TypeError(f"{value!r} is not a number")
+    return float(value)
 
 
 def db_to_amp(db: float) -> float:
@@ -169,6 +176,9 @@ PARAMS: tuple[Param, ...] = (
           "mixed, not audio). A change drops the queued clips, cancels the one in flight, and the first "
           "new clip crossfades in as soon as it is made. Empty: the slot generates nothing.",
           target="generator"),
+    Param("slot/weights", "slot", "weights", (),
+          "Live weights of the slot's blend parts, one number >= 0 per part in prompt order (e.g. 0.2 0.8 "
+          "for a two-part blend); the conditioning moves, new clips follow.", target="generator"),
     Param("slot/steps", "slot", "int", 25, "Flow-matching steps per clip (fewer: faster, rougher).",
           min=1, max=200, target="generator", cli=True),
     Param("slot/guidance", "slot", "float", 4.5,
@@ -266,6 +276,13 @@ class Registry:
         p, where = ref.param, ref.address(self.prefix)
         if p.kind == "trigger":
             return 1
+        if p.kind == "weights":
+            if not 1 <= len(args) <= 16:
+                raise ParamError(f"{where}: expected 1 to 16 weights, got {len(args)}")
+            ws = tuple(_number(a, where) for a in args)
+            if any(w < 0 for w in ws) or not any(w > 0 for w in ws):
+                raise ParamError(f"{where}: weights must be >= 0 with at least one > 0, got {list(ws)}")
+            return ws
         if len(args) != 1:
             raise ParamError(f"{where}: expected 1 argument, got {len(args)}")
         a = args[0]

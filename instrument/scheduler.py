@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class SlotPlan:
     prompt: str = ""
+    parts: tuple[str, ...] = ()  # the blend's prompts, in order, for live weights
     steps: int = 25
     guidance: float = 4.5
     seed: int = -1  # -1: a new seed per clip, derived from the base seed; >= 0: this seed every time
@@ -84,7 +85,22 @@ class Scheduler:
         if text == p.prompt:
             return
         p.prompt = text
+        p.parts = tuple(name for name, _ in parse_blend(text)) if text.strip() else ()
         self.regenerate(slot)
+
+    def set_weights(self, slot: int, weights: tuple[float, ...]) -> None:
+        """New weights for the parts of the slot's blend (conditioning is mixed, not audio)."""
+        from instrument.generator.conditioning import format_blend
+
+        p = self.plans[slot]
+        if len(weights) != len(p.parts):
+            raise ParamError(f"slot {slot + 1} weights: {len(weights)} given for a prompt of {len(p.parts)} "
+                             f"part(s) ({' | '.join(p.parts) or 'no prompt'}): give one weight per part")
+        total = sum(weights)
+        text = format_blend([(n, w / total) for n, w in zip(p.parts, weights, strict=True) if w > 0])
+        if text != p.prompt:
+            p.prompt = text  # the parts stay: a weight at 0 can come back
+            self.regenerate(slot)
 
     def set(self, slot: int, key: str, value: float) -> None:
         p = self.plans[slot]

@@ -171,3 +171,22 @@ def test_render_is_deterministic_and_survives_a_killed_worker() -> None:
         b.source.close()  # type: ignore[union-attr]
     assert killed and sched.client.restarts >= 1
     assert np.array_equal(out, ref)  # nothing lost, nothing different
+
+
+def test_live_blend_weights_move_the_conditioning_and_keep_the_parts() -> None:
+    from instrument.errors import ParamError
+
+    client = GeneratorClient(WorkerSpec(model="tiny", sample_rate=SR))  # never started: no clips needed
+    engine = Engine(MixerConfig(slots=1, sample_rate=SR), Scheduler(client, 1))
+    plan = engine.generator.plans[0]  # type: ignore[union-attr]
+    engine.handle("/endless/slot/1/prompt", ["rain | thunder"])
+    gen = plan.generation
+    engine.handle("/endless/slot/1/weights", [0.2, 0.8])
+    assert plan.prompt == "rain:0.2 | thunder:0.8" and plan.generation == gen + 1
+    engine.handle("/endless/slot/1/weights", [0, 1])
+    assert plan.prompt == "thunder" and plan.parts == ("rain", "thunder")
+    engine.handle("/endless/slot/1/weights", [1, 1])  # a part at 0 comes back
+    assert plan.prompt == "rain:0.5 | thunder:0.5"
+    with pytest.raises(ParamError, match="3 given for a prompt of 2 part"):
+        engine.handle("/endless/slot/1/weights", [1, 1, 1])
+    assert plan.prompt == "rain:0.5 | thunder:0.5"  # unchanged

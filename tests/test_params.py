@@ -29,7 +29,9 @@ def test_every_param_resolves_and_takes_its_default(p) -> None:  # type: ignore[
     slot = 2 if p.scope == "slot" else None
     ref = reg.resolve(p.address(reg.prefix, slot))
     assert (ref.param, ref.slot, ref.normalized) == (p, slot, False)
-    if p.kind != "trigger":
+    if p.kind == "weights":
+        assert reg.coerce(ref, [0.2, 0.8]) == (0.2, 0.8)
+    elif p.kind != "trigger":
         assert reg.coerce(ref, [p.default]) == p.default
     if p.has_normalized:
         nref = reg.resolve(p.address(reg.prefix, slot) + "/normalized")
@@ -79,6 +81,9 @@ def test_fader_taper() -> None:
     ("/endless/curve", ["linear"], "not one of equal_power, sin2"),
     ("/endless/curve", [5], "not one of"),
     ("/endless/xfade", [True], "is not a number"),
+    ("/endless/slot/1/weights", [], "expected 1 to 16 weights"),
+    ("/endless/slot/1/weights", [0, 0], "at least one > 0"),
+    ("/endless/slot/1/weights", [-1, 2], "weights must be >= 0"),
 ])
 def test_bad_messages_are_refused_with_one_line(address: str, args: list[object], fragment: str) -> None:
     reg = Registry(slots=4)
