@@ -8,8 +8,9 @@ status) runs on the control loop in `play()`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,8 +140,13 @@ class Output:
 
 def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency: str | float = "low",
          seconds: float | None = None, recorder: Recorder | None = None,
-         status: Callable[[Engine, Output], None] | None = None, lookahead: float = 0.5) -> PlaySummary:
-    """Play until `seconds` of output have been produced (None: until Ctrl-C)."""
+         status: Callable[[Engine, Output], None] | None = None, lookahead: float = 0.5,
+         ticks: Sequence[Callable[[Engine], object]] = (), wake: threading.Event | None = None) -> PlaySummary:
+    """Play until `seconds` of output have been produced (None: until Ctrl-C).
+
+    The control loop: `ticks` (OSC and MIDI inboxes, drained on this thread), due script events,
+    timed changes handed to the mixer, clip queues topped up, status; it sleeps 10 ms, or less
+    when `wake` is set by an arriving message."""
     sr = engine.cfg.sample_rate
     if engine.generator is not None:
         log.info("loading the model (the first start of a CUDA backend also compiles it)...")
@@ -154,6 +160,8 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     try:
         with out:
             while limit is None or engine.mixer.frame < limit:
+                for tick in ticks:
+                    tick(engine)
                 engine.apply_due(engine.mixer.frame)
                 engine.schedule_script(engine.mixer.frame + int(lookahead * sr))
                 engine.pump()
@@ -161,7 +169,11 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
                 if status is not None and now - last_status > 0.25:
                     status(engine, out)
                     last_status = now
-                time.sleep(0.01)
+                if wake is not None:
+                    wake.wait(0.01)
+                    wake.clear()
+                else:
+                    time.sleep(0.01)
     except KeyboardInterrupt:
         pass
     st = engine.stats()

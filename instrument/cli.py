@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--log-control", type=Path, metavar="FILE",
                    help="record every accepted control change as a script (replay: endless render --script FILE)")
+    g = p.add_argument_group("MIDI and presets (docs/mappings.md)")
+    g.add_argument("--midi-in", action="append", default=[], metavar="PATTERN",
+                   help="MIDI inputs whose name contains PATTERN or matches it as a regex; repeatable; ports "
+                        "that appear later open then")
+    g.add_argument("--midi-out", action="append", default=[], metavar="PATTERN",
+                   help="MIDI outputs for feedback (LEDs, motor faders)")
+    g.add_argument("--midi-virtual", action="store_true", help="also open virtual ports endless:in and endless-feedback:out")
+    g.add_argument("--mapping", type=Path, metavar="FILE",
+                   help="controller mapping (TOML, examples in mappings/); MIDI learn saves into it")
+    g.add_argument("--presets", type=Path, metavar="DIR", help="user preset folder (default: the user data folder)")
 
     r = sub.add_parser("render", help="render offline to a file, faster than real time")
     _mix_args(r)
@@ -186,9 +197,9 @@ def _engine(args: argparse.Namespace, sample_rate: int, deterministic: bool = Fa
 
 
 def _generator(args: argparse.Namespace, cfg: MixerConfig, sample_rate: int, deterministic: bool):  # type: ignore[no-untyped-def]
+    from instrument.control.arming import ArmingScheduler
     from instrument.generator.backends import TINY_WARNING, choose_backend, choose_model
     from instrument.generator.worker import GeneratorClient, WorkerSpec
-    from instrument.scheduler import Scheduler
 
     choice = choose_model(str(args.model_dir) if args.model_dir is not None else args.model)
     device, dtype, vae_dtype = choose_backend(args.backend)
@@ -200,7 +211,7 @@ def _generator(args: argparse.Namespace, cfg: MixerConfig, sample_rate: int, det
                       max_batch=1 if deterministic else args.max_batch, allow_download=choice.allow_download)
     client = GeneratorClient(spec)
     client.start()
-    return Scheduler(client, cfg.slots, base_seed=args.seed)
+    return ArmingScheduler(client, cfg.slots, base_seed=args.seed)  # a Scheduler that can pre-generate presets
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -238,6 +249,7 @@ def _gen_summary(engine) -> str:  # type: ignore[no-untyped-def]
 
 def cmd_play(args: argparse.Namespace) -> int:
     from instrument.audio import device_rate, find_device, play
+    from instrument.control.presets import ControlActions, PresetStore
     from instrument.render import Recorder, check_output_path
     from instrument.script import ControlLog
 
@@ -257,9 +269,16 @@ def cmd_play(args: argparse.Namespace) -> int:
     control_log = ControlLog(args.log_control, engine) if args.log_control is not None else None
     recorder = Recorder(args.record, rate) if args.record is not None else None
     status = _status_line if sys.stderr.isatty() else None
+    wake = threading.Event()
+    actions = ControlActions(engine, PresetStore(args.presets) if args.presets else None)
+    midi = _midi(args, engine, actions, wake)
+    ticks = [midi.drain] if midi is not None else []
     try:
-        summary = play(engine, device, args.blocksize, latency, args.seconds, recorder, status)
+        summary = play(engine, device, args.blocksize, latency, args.seconds, recorder, status, ticks=ticks,
+                       wake=wake)
     finally:
+        if midi is not None:
+            midi.close()
         if recorder is not None:
             recorder.close()
         if control_log is not None:
@@ -270,6 +289,23 @@ def cmd_play(args: argparse.Namespace) -> int:
         sys.stderr.write("\n")
     print(summary.line() + _gen_summary(engine))
     return 0
+
+
+def _midi(args: argparse.Namespace, engine, actions, wake: threading.Event):  # type: ignore[no-untyped-def]
+    """MIDI input/feedback when any MIDI flag is given; None otherwise."""
+    if not (args.midi_in or args.midi_out or args.midi_virtual or args.mapping):
+        return None
+    from instrument.control.mappings import Mapping, Surface, load_mapping
+    from instrument.control.midi import MidiConfig, MidiControl, default_learn_path, transport_feed
+
+    path = args.mapping or default_learn_path()
+    mapping = load_mapping(path, engine.registry) if args.mapping or path.exists() else Mapping()
+    midi = MidiControl(MidiConfig(inputs=tuple(args.midi_in), outputs=tuple(args.midi_out), virtual=args.midi_virtual),
+                       Surface(mapping, engine.registry), actions.midi_action, wake=wake)
+    midi.realtime.append(transport_feed(engine))  # MIDI clock, start, stop -> the transport
+    actions.midi = midi
+    midi.start()
+    return midi
 
 
 def _status_line(engine, out) -> None:  # type: ignore[no-untyped-def]

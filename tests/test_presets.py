@@ -1,0 +1,254 @@
+"""Presets: names, the file format, atomic store, recall (values, glide, sample-accurate frame),
+next/previous, and arming with the real generator worker (tiny model)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from instrument.control.arming import ArmingScheduler
+from instrument.control.presets import (
+    ControlActions,
+    PresetStore,
+    parse_preset,
+    preset_to_toml,
+    slugify,
+    snapshot,
+)
+from instrument.engine import Engine
+from instrument.errors import ParamError
+from instrument.generator.worker import GeneratorClient, WorkerSpec
+from instrument.limiter import lookahead_samples
+from instrument.mixer import MixerConfig
+from instrument.params import Registry
+from instrument.render import render
+
+ROOT = Path(__file__).resolve().parents[1]
+SR = 44100
+
+
+def engine(slots: int = 4, **kw: object) -> Engine:
+    return Engine(MixerConfig(slots=slots, sample_rate=SR, **kw))  # type: ignore[arg-type]
+
+
+def store_with(tmp_path: Path, **files: str) -> PresetStore:
+    user = tmp_path / "user"
+    user.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (user / f"{name}.toml").write_text(text)
+    return PresetStore(user, ())
+
+
+# == names and the format =========================================================================
+@pytest.mark.parametrize("name, slug", [("Rain at Dawn!", "rain-at-dawn"), ("night_city-2", "night_city-2"),
+                                        ("  Storm  ", "storm"), ("Über Wind", "ber-wind"), (7, "7")])
+def test_slugs(name: str, slug: str) -> None:
+    assert slugify(name) == slug
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "..", "../evil", "a/b", "/etc/passwd", "a\\b", "x..y", "!!!", "a" * 65])
+def test_unsafe_names_are_refused(bad: str, tmp_path: Path) -> None:
+    with pytest.raises(ParamError, match="preset name"):
+        slugify(bad)
+    with pytest.raises(ParamError):
+        PresetStore(tmp_path / "user", ()).store(engine(), bad)
+    assert not (tmp_path / "user").exists() or not any((tmp_path / "user").iterdir())
+    assert not (tmp_path / "evil.toml").exists()
+
+
+def test_example_presets_parse_and_number_from_one(tmp_path: Path) -> None:
+    st = PresetStore(tmp_path / "none", [ROOT / "presets"])
+    assert st.names() == ["night-city", "rain-at-dawn", "storm-front"]
+    for slots in (1, 4, 16):
+        for name in st.names():
+            st.load(name, Registry(slots=slots))
+    assert st.find(2)[0] == st.find("2")[0] == st.find(2.0)[0] == st.find("Rain at Dawn")[0] == "rain-at-dawn"
+    with pytest.raises(ParamError, match=r"preset 4: out of range.*1\.\.3.*night-city, rain-at-dawn"):
+        st.find(4)
+    with pytest.raises(ParamError, match="not found.*night-city"):
+        st.find("nope")
+    p = st.load("rain-at-dawn", Registry())
+    assert p.slot(2)["slot/prompt"] == "birds chirping at dawn:0.7 | distant rooster:0.3"  # a blend table
+
+
+def test_user_presets_shadow_examples(tmp_path: Path) -> None:
+    st = PresetStore(tmp_path / "user", [ROOT / "presets"])
+    e = engine()
+    e.handle("/endless/slot/1/gain", [-7.5])
+    path = st.store(e, "Night City")
+    assert path == tmp_path / "user" / "night-city.toml"
+    assert st.names() == ["night-city", "rain-at-dawn", "storm-front"]
+    assert st.load("night-city", e.registry).slot(0)["slot/gain"] == -7.5
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("version = 1\ncolour = 1\n", "unknown key 'colour': allowed version, name, description, glide, global, slot"),
+    ("version = 1\n[global]\nmaster = 1\n", "[global]: unknown key 'master': allowed master_gain, xfade"),
+    ("version = 1\n[[slot]]\nvolume = 1\n", "[[slot]] #1: unknown key 'volume': allowed gain, pan"),
+    ("version = 1\n[[slot]]\ngain = 99\n", "gain: /endless/slot/1/gain: 99 out of range"),
+    ("version = 1\n[[slot]]\nprompt = { rain = -1 }\n", "blend part 'rain'"),
+    ("version = 1\n[global]\ntempo = 120\n", "unknown key 'tempo'"),  # transport is not part of a scene
+    ("name = 'x'\n", "version = None"),
+    ("version = 1\nglide = -1\n", "glide = -1"),
+    ("version = 1\n[[slot]]\nnext = 1\n", "unknown key 'next'"),  # triggers are not state
+])
+def test_bad_preset_files_name_file_and_key(tmp_path: Path, text: str, needle: str) -> None:
+    st = store_with(tmp_path, bad=text)
+    e = engine()
+    before = dict(e.values)
+    with pytest.raises(ParamError) as err:
+        st.recall(e, "bad")
+    assert str(tmp_path / "user" / "bad.toml") in str(err.value) and needle in str(err.value)
+    assert e.values == before  # nothing applied
+
+
+def test_store_writes_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    st = PresetStore(tmp_path / "user", ())
+    e = engine()
+    path = st.store(e, "keep")
+    good = path.read_text()
+    e.handle("/endless/slot/1/gain", [-20])
+
+    def crash(src: str, dst: str) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        st.store(e, "keep")
+    assert path.read_text() == good and sorted(p.name for p in path.parent.iterdir()) == ["keep.toml"]
+
+
+def test_store_and_recall_round_trip(tmp_path: Path) -> None:
+    e = engine(slots=3)
+    for address, value in [("/endless/slot/1/gain", -6.0), ("/endless/slot/2/pan", 0.25),
+                           ("/endless/slot/3/mute", True), ("/endless/curve", "sin2"), ("/endless/xfade", 2.5),
+                           ("/endless/morph/mode", "xy"), ("/endless/morph/x", 0.9)]:
+        e.handle(address, [value])
+    st = PresetStore(tmp_path / "user", ())
+    st.store(e, "My Scene")
+    text = (tmp_path / "user" / "my-scene.toml").read_text()
+    assert 'name = "My Scene"' in text and "[[slot]]" in text and "tempo" not in text
+    p = st.load("my-scene", e.registry)
+    assert preset_to_toml(p, e.registry) == text
+    again = parse_preset(text, "x", e.registry, "my-scene")
+    assert (again.globals, again.slots, again.name) == (p.globals, p.slots, "My Scene")
+    fresh = engine(slots=3)
+    result = st.recall(fresh, "my-scene")
+    scene_keys = [k for k in e.values if fresh.registry[k[0]].target == "mixer"]
+    assert all(fresh.values[k] == e.values[k] for k in scene_keys)
+    assert result.changes == 7 and result.skipped == ()
+    assert st.recall(fresh, 1).changes == 0  # a recall of the current scene changes nothing
+
+
+def test_recall_without_a_generator_skips_prompts_and_extra_slots(tmp_path: Path) -> None:
+    st = PresetStore(tmp_path / "none", [ROOT / "presets"])
+    e = engine(slots=2)
+    r = st.recall(e, "storm-front")
+    assert e.values[("slot/gain", 0)] == -2.0 and e.values[("slot/prompt", 0)] == ""
+    assert r.skipped == ("slot 1 prompt (no generator)", "slot 2 prompt (no generator)",
+                         "slot 3 (this instrument has 2)", "slot 4 (this instrument has 2)")
+
+
+def _dc_engine() -> Engine:
+    e = engine(slots=1, xfade=0.01, stagger=False)
+    e.push_clip(0, np.full((3 * SR, 2), 0.1, np.float32))
+    return e
+
+
+def test_recall_glides_and_lands_on_its_frame(tmp_path: Path) -> None:
+    st = store_with(tmp_path, quiet="version = 1\nglide = 0.5\n[[slot]]\ngain = -60.0\n")
+    L = lookahead_samples(SR)  # the output runs L samples behind the mix (the limiter's lookahead)
+    # at frame 22050 with the preset's own glide (0.5 s): a linear glide to silence from that sample
+    e = _dc_engine()
+    st.recall(e, "quiet", frame=SR // 2)
+    out = render(e, 1.5, 256)[L:, 0]
+    assert np.allclose(out[SR // 4:SR // 2], 0.1, atol=1e-6)
+    assert out[SR // 2 + SR // 4] == pytest.approx(0.05, abs=1e-4)
+    assert out[SR - 1] == 0.0 < out[SR - 2]
+    assert np.all(out[SR:] == 0.0)
+    # a glide of 0 given with the recall: the level drops on exactly that sample
+    e = _dc_engine()
+    st.recall(e, "quiet", glide=0.0, frame=12345)
+    out = render(e, 0.5, 100)[L:, 0]
+    assert out[12344] == pytest.approx(0.1, abs=1e-6) and np.all(out[12345:] == 0.0)
+
+
+def test_next_previous_and_midi_actions(tmp_path: Path) -> None:
+    st = PresetStore(tmp_path / "none", [ROOT / "presets"])
+    e = engine()
+    a = ControlActions(e, st)
+    assert a.step(1).preset.slug == "night-city"
+    assert a.step(1).preset.slug == "rain-at-dawn"
+    assert a.step(-1).preset.slug == "night-city"
+    assert a.step(-1).preset.slug == "storm-front"  # wraps
+    a.midi_action("preset/recall", 2, 0.0)
+    assert a.current == "rain-at-dawn" and e.values[("xfade", None)] == 8.0
+    with pytest.raises(ParamError, match="needs MIDI input"):
+        a.learn("/endless/xfade")
+    with pytest.raises(ParamError, match="arming needs the generator"):
+        a.arm("storm-front")
+
+
+# == with the generator ===========================================================================
+def _tick_until(e: Engine, cond, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    gen = e.generator
+    assert gen is not None
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out; worker {gen.client.state} {gen.client.error}"
+        gen.tick(0.05)
+
+
+def test_arm_then_recall_plays_the_armed_clip_at_once(tmp_path: Path) -> None:
+    """Arm pre-generates; the recall's prompt change takes the armed clip at once (no generation wait)."""
+    client = GeneratorClient(WorkerSpec(model="tiny", sample_rate=SR, threads=1), hang_timeout=60)
+    gen = ArmingScheduler(client, 2, base_seed=1)
+    e = Engine(MixerConfig(slots=2, sample_rate=SR), gen)
+    st = store_with(tmp_path,
+                    thunder='version = 1\n[[slot]]\nprompt = "thunder"\nsteps = 2\nlength = 2.0\ngain = -3.0\n'
+                            '[[slot]]\nprompt = { wind = 1, sea = 3 }\nsteps = 2\nlength = 2.0\n',
+                    bad='version = 1\n[[slot]]\ngain = -9.0\n[[slot]]\nprompt = "rain:x | :2"\n')
+    client.start()
+    try:
+        for s in range(2):
+            for key, value in (("steps", 2), ("length", 2.0), ("prompt", "rain")):
+                e.handle(f"/endless/slot/{s + 1}/{key}", [value])
+        # a bad blend refuses the whole preset before anything changes
+        with pytest.raises(ParamError, match="preset bad"):
+            st.recall(e, "bad")
+        assert e.values[("slot/gain", 0)] == 0.0
+        assert st.arm(e, "thunder") == 2
+        assert st.arm(e, "thunder") == 0  # already on its way
+        _tick_until(e, lambda: gen.armed_ready(0, "thunder") and gen.armed_ready(1, "wind:1 | sea:3"))
+        st.recall(e, "thunder")  # no tick in between: the clips are there at once
+        for s, prompt in ((0, "thunder"), (1, "wind:1 | sea:3")):
+            inbox = gen.plans[s].inbox
+            assert len(inbox) == 1 and inbox[0].cut and inbox[0].info.prompt == prompt
+        assert gen.arms_used == 2 and e.values[("slot/gain", 0)] == -3.0
+        # without arming, a prompt change has to wait for the generator
+        e.handle("/endless/slot/1/prompt", ["birds"])
+        assert len(gen.plans[0].inbox) == 0 and gen.plans[0].cut
+        assert e.pump() >= 1  # the armed clip of slot 2 goes to the mixer
+    finally:
+        client.stop()
+
+
+def test_snapshot_has_every_scene_parameter() -> None:
+    e = engine(slots=2)
+    p = snapshot(e, "x")
+    keys = {k for k, _ in p.globals} | {k for k, _ in p.slots[0]}
+    assert {"master/gain", "xfade", "curve", "morph/mode", "slot/gain", "slot/prompt", "slot/steps"} <= keys
+    assert not keys & {"tempo", "meter", "quantize", "slot/next", "slot/regenerate"}
+
+
+def test_doctests() -> None:
+    import doctest
+
+    from instrument.control import presets
+
+    result = doctest.testmod(presets)
+    assert result.failed == 0 and result.attempted > 0
