@@ -58,7 +58,12 @@ def _mix_args(ap: argparse.ArgumentParser) -> None:
                      help="auto (TangoFlux if its weights are here, else the tiny stand-in), tangoflux, tiny, or a "
                           "checkpoint folder")
     src.add_argument("--model-dir", type=Path, metavar="DIR", help="a TangoFlux checkpoint folder (same as --model DIR)")
-    src.add_argument("--backend", default="auto", help="auto, cuda, mps or cpu (default auto: the fastest here)")
+    src.add_argument("--backend", default="auto",
+                     help="auto, cuda, mps, coreml or cpu (default auto: the fastest here)")
+    src.add_argument("--compute-units", default="ALL", choices=("ALL", "CPU_AND_GPU", "CPU_AND_NE", "CPU_ONLY"),
+                     help="--backend coreml: where Core ML may run the transformer (default ALL)")
+    src.add_argument("--coreml-package", type=Path, metavar="PATH",
+                     help="--backend coreml: the .mlpackage (default: the one `endless convert-coreml` wrote)")
     src.add_argument("--prompt", action="append", metavar="TEXT",
                      help="a slot's prompt or blend ('rain:0.7 | thunder:0.3'); repeat for slots 1, 2, ...")
     src.add_argument("--max-batch", type=int, default=4, metavar="N", help="slots generated in one call (default 4)")
@@ -116,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("docs", help="print the parameter and OSC reference (docs/osc.md)")
     f = sub.add_parser("fetch-model", help="download TangoFlux (or copy a checkpoint folder) for offline use")
     f.add_argument("--from", dest="source", type=Path, metavar="DIR", help="copy this checkpoint folder instead")
+    c = sub.add_parser("convert-coreml", help="convert the transformer to a Core ML package (for --backend coreml)")
+    c.add_argument("--model", default="tangoflux", help="tangoflux (default), tiny, or a checkpoint folder")
+    c.add_argument("--out", type=Path, metavar="PATH",
+                   help="the .mlpackage to write (default: the cache folder, where --backend coreml looks)")
+    c.add_argument("--target", choices=("macOS14", "macOS15"),
+                   help="the oldest macOS that will run it (default: the newest this Mac runs; macOS15 elsewhere)")
+    c.add_argument("--force", action="store_true", help="convert even when an up-to-date package exists")
     d = sub.add_parser("demo-clips", help="write the built-in demo textures to a folder")
     d.add_argument("dir", type=Path, nargs="?", help="target folder (default: the cache)")
     return ap
@@ -208,7 +220,9 @@ def _generator(args: argparse.Namespace, cfg: MixerConfig, sample_rate: int, det
     log.info("generator: model %s on %s (%s)", choice.model, device, dtype)
     # a render is deterministic: one clip per call, so batching never changes the numbers
     spec = WorkerSpec(model=choice.model, device=device, dtype=dtype, vae_dtype=vae_dtype, sample_rate=sample_rate,
-                      max_batch=1 if deterministic else args.max_batch, allow_download=choice.allow_download)
+                      max_batch=1 if deterministic else args.max_batch, allow_download=choice.allow_download,
+                      coreml=args.backend == "coreml", compute_units=args.compute_units,
+                      coreml_package=str(args.coreml_package) if args.coreml_package is not None else None)
     client = GeneratorClient(spec)
     client.start()
     return ArmingScheduler(client, cfg.slots, base_seed=args.seed)  # a Scheduler that can pre-generate presets
@@ -392,6 +406,14 @@ def cmd_fetch_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_coreml(args: argparse.Namespace) -> int:
+    from instrument.coreml.convert import convert_main
+
+    path = convert_main(args.model, args.out, args.target, args.force)
+    print(f"Core ML package ready: {path} (`endless play --backend coreml` uses it on a Mac)")
+    return 0
+
+
 def cmd_demo_clips(args: argparse.Namespace) -> int:
     from instrument.demo import write_demo_clips
 
@@ -402,7 +424,8 @@ def cmd_demo_clips(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"play": cmd_play, "render": cmd_render, "devices": cmd_devices, "doctor": cmd_doctor, "docs": cmd_docs,
-            "demo-clips": cmd_demo_clips, "fetch-model": cmd_fetch_model}
+            "demo-clips": cmd_demo_clips, "fetch-model": cmd_fetch_model,
+            "convert-coreml": cmd_convert_coreml}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -303,6 +303,12 @@ def _models() -> list[Check]:
 
 
 # -- running them -------------------------------------------------------------------------------
+def _coreml() -> list[Check]:
+    from instrument.coreml import coreml_status  # reads files only: no torch, no coremltools import
+
+    return [Check("coreml", "info", coreml_status())]
+
+
 CHECKS: tuple[tuple[str, Callable[[], list[Check]]], ...] = (
     ("python", _python),
     ("numpy", _package("numpy", "`pip install numpy`")),
@@ -314,6 +320,7 @@ CHECKS: tuple[tuple[str, Callable[[], list[Check]]], ...] = (
     ("transformers", _installed("transformers", (4, 44),
                                 "the generator needs it: `pip install -U transformers`")),
     ("coremltools", _coremltools),
+    ("coreml", _coreml),
     ("model cache", _models),
 )
 

@@ -109,7 +109,7 @@ def test_render_with_the_tiny_model_and_a_prompt_script(tmp_path: Path) -> None:
     (["--model", "{tmp}/no-such-dir"], 4, ["--model-dir", "--model tiny"]),
     (["--model", "tangoflux"], 4, ["HF_HUB_OFFLINE", "--model tiny"]),
     (["--model", "tiny", "--backend", "cuda"], 2, ["--backend cuda", "use --backend auto or cpu"]),
-    (["--model", "tiny", "--backend", "tpu"], 2, ["--backend tpu: allowed auto, cuda, mps, cpu"]),
+    (["--model", "tiny", "--backend", "tpu"], 2, ["--backend tpu: allowed auto, cuda, mps, coreml, cpu"]),
     (["--model", "tiny", "--prompt", "rain:0.5 | "], 2, ["prompt"]),
     (["--model", "tiny", "--steps", "0"], 2, ["--steps: 0 out of range"]),
     (["--model", "tiny", "--prompt", "a", "--prompt", "b", "--slots", "1"], 2, ["--prompt given 2 times for 1 slots"]),

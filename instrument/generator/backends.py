@@ -17,7 +17,7 @@ from instrument.errors import ConfigError
 from instrument.generator.errors import ModelNotFoundError
 from instrument.generator.loading import CHECKPOINT_FILES, OFFICIAL_REPO, TINY, resolve_checkpoint
 
-BACKENDS = ("auto", "cuda", "mps", "cpu")
+BACKENDS = ("auto", "cuda", "mps", "coreml", "cpu")
 TINY_WARNING = """\
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
 !!  NO TANGOFLUX WEIGHTS FOUND: playing the TINY RANDOM-WEIGHT STAND-IN. IT SOUNDS LIKE NOISE.
@@ -89,6 +89,15 @@ def choose_backend(backend: str) -> tuple[str, str, str]:
         # fp16 VAE: finite ratio 1.0 and 2e-3 relative error against fp32 at a third of the time
         # (benchmarks/bench_generate.py on an H200); bf16 was 1.7e-2.
         return "cuda", "bfloat16", "float16"
+    if backend == "coreml":
+        from instrument.coreml import unavailable_reason
+
+        why = unavailable_reason()
+        if why is not None:
+            raise ConfigError(f"--backend coreml: {why}; use --backend auto")
+        # the transformer runs through Core ML (the worker swaps it in, or falls back to this device);
+        # T5 and the VAE in fp32 on MPS: fp16 on MPS gives audible artifacts
+        return ("mps" if mps else "cpu"), "float32", "float32"
     if backend == "mps":
         if not mps:
             raise ConfigError("--backend mps: Apple's Metal (MPS) is not available here: use --backend auto or cpu")
