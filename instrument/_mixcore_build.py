@@ -1,8 +1,9 @@
 """cffi build script for `instrument._mixcore`, the mixer's compiled core (source: mixcore.c).
 
-setup.py names it in `cffi_modules`, so `pip install -e .` compiles it. To rebuild by hand:
+setup.py names it in `cffi_modules`, so `pip install -e .` compiles it (after editing mixcore.c,
+run it again). Without pip:
 
-    .venv/bin/python instrument/_mixcore_build.py      # writes instrument/_mixcore.*.so
+    .venv/bin/python instrument/_mixcore_build.py      # builds in a temp dir, copies the .so here
 
 Only what Python touches is declared here; `...;` lets the compiler fill in the rest of each struct.
 """
@@ -57,7 +58,7 @@ void mc_flush(mc_state *st, int slot);
 void mc_set_xfade(mc_state *st, int64_t samples);
 void mc_set_ramp(mc_state *st, int slot, double left, double right, int64_t samples);
 int64_t mc_buffered(const mc_state *st, int slot);
-void mc_render(mc_state *st, float *out, int n);
+int mc_render(mc_state *st, float *out, int n);
 """
 
 ffibuilder = FFI()
@@ -74,4 +75,10 @@ ffibuilder.set_source(
 )
 
 if __name__ == "__main__":
-    ffibuilder.compile(tmpdir=str(HERE.parent / "build" / "cffi"), verbose=True)
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        built = Path(ffibuilder.compile(tmpdir=tmp))
+        shutil.copy2(built, HERE / built.name)
+        print(f"built {HERE / built.name}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 LOOKAHEAD_S = 0.00075
 RELEASE_DB_PER_S = 20.0
 QUIET = 1.0 - 1e-6  # of the ceiling: at or below, no sample needs reduction (whatever the rounding)

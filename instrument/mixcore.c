@@ -10,18 +10,21 @@
  *
  * Audio-thread rules: mc_new allocates everything; nothing else allocates, locks, or does I/O.
  *
- * Block-size independence: every ramp and fade value is computed from integer sample counts
- * (never accumulated), and the limiter runs sample by sample on state that does not depend on
- * where a block starts, so rendering block by block equals rendering the whole buffer, bit for
- * bit. Build with -ffp-contract=off so that a*b+c stays two roundings everywhere, and without
- * -ffast-math (-fno-trapping-math and -fno-math-errno change no result).
+ * Block-size independence: every ramp and fade value is a function of integer sample counts
+ * since the ramp or fade began (never accumulated across blocks), and the limiter runs sample by
+ * sample on state that does not depend on where a block starts, so rendering block by block
+ * equals rendering the whole buffer, bit for bit. Build with -ffp-contract=off so that a*b+c
+ * stays two roundings everywhere, and without -ffast-math (-fno-trapping-math and
+ * -fno-math-errno change no result). Against the numpy core the output agrees to float rounding
+ * (the fade gains come from a different sin/cos; the limiter's envelope runs per sample).
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MC_VERSION 1
+#define MC_VERSION 2  /* mixer.py's _CORE_VERSION: bump with any change to the API below */
 #define MC_MAX_SLOTS 16
 #define MC_HALF_PI 1.5707963267948966
 
@@ -57,6 +60,15 @@ typedef struct {
     int64_t quiet_run, env_zero_run;  /* trailing samples that were quiet / had env == 0 */
 } mc_limiter;
 
+#define MC_CHUNK 256   /* fade samples per rotation chunk */
+#define MC_TABLES 4    /* rotation tables kept (one per fade rate in use) */
+
+typedef struct {
+    double rate;
+    uint64_t used;
+    double c[MC_CHUNK], s[MC_CHUNK];  /* cos and sin of p * rate * pi/2 */
+} mc_rot;
+
 typedef struct {
     int32_t nslots, q_cap, max_block, stagger, curve, autolevel;
     int64_t xfade_samples, autolevel_glide;
@@ -74,6 +86,8 @@ typedef struct {
     float *sbuf;                  /* one slot's block */
     double *gin, *gout;           /* crossfade gains of one sub-block */
     int32_t *queues;
+    mc_rot rot[MC_TABLES];
+    uint64_t rot_clock;
     mc_limiter lim;
 } mc_state;
 
@@ -81,8 +95,7 @@ typedef struct {
 static inline int64_t mn(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t mx(int64_t a, int64_t b) { return a > b ? a : b; }
 
-/* sin and cos on [0, pi/2] from their Taylor series (to x^21 and x^22: truncation < 1e-18), so
- * the fade loop has no libm call and vectorises. */
+/* sin and cos on [0, pi/2] from their Taylor series (to x^21 and x^22: truncation < 1e-18). */
 static inline void qsincos(double x, double *s, double *c) {
     const double z = x * x;
     *s = x * (1.0 + z * (-0.16666666666666666 + z * (0.008333333333333333 + z * (-0.0001984126984126984
@@ -93,6 +106,82 @@ static inline void qsincos(double x, double *s, double *c) {
          + z * (-2.755731922398589e-07 + z * (2.08767569878681e-09 + z * (-1.1470745597729725e-11
          + z * (4.779477332387385e-14 + z * (-1.5619206968586225e-16 + z * (4.110317623312165e-19
          + z * -8.896791392450574e-22))))))))));
+}
+
+/* A fade's phase at its sample m (1-based), as the numpy core computes it. */
+static inline double fade_theta(double m, double rate, double anchor) {
+    const double u = m * rate + anchor;
+    return (u < 1.0 ? u : 1.0) * MC_HALF_PI;
+}
+
+/* Crossfade gains come from rotations: a fade's samples are cut into chunks of MC_CHUNK on a grid
+ * fixed by the fade itself (not by blocks); sin/cos of a chunk's first phase come from the full
+ * series and each later sample rotates them by p steps of the fade's rate, read from a table that
+ * every fade at that rate shares. Every value depends only on the sample's index in its fade, hence
+ * block-size independence, at a few flops per sample. */
+static const mc_rot *rotation(mc_state *st, double rate) {
+    mc_rot *lru = &st->rot[0];
+    for (int i = 0; i < MC_TABLES; i++) {
+        mc_rot *r = &st->rot[i];
+        if (r->rate == rate) {
+            r->used = ++st->rot_clock;
+            return r;
+        }
+        if (r->used < lru->used) lru = r;
+    }
+    /* a rate not seen lately (an xfade change, a short clip): one table, MC_CHUNK series */
+    lru->rate = rate;
+    lru->used = ++st->rot_clock;
+    const double step = rate * MC_HALF_PI;
+    for (int p = 0; p < MC_CHUNK; p++) {
+        const double a = (double)p * step;
+        qsincos(a < MC_HALF_PI ? a : MC_HALF_PI, &lru->s[p], &lru->c[p]);  /* past pi/2: never read */
+    }
+    return lru;
+}
+
+/* gi = sin(theta), go = cos(theta) for the fade's samples m0+1 .. m0+k. */
+static void fade_gains(mc_state *st, double *restrict gi, double *restrict go, int64_t m0, int k, double rate,
+                       double anchor) {
+    const mc_rot *R = rotation(st, rate);
+    double s1, c1;
+    qsincos(MC_HALF_PI, &s1, &c1);
+    int j = 0;
+    while (j < k) {
+        const int64_t m = m0 + j + 1, p0 = (m - 1) % MC_CHUNK;
+        const int e = (int)mn(k, j + (MC_CHUNK - p0));
+        double sb, cb;
+        qsincos(fade_theta((double)(m - p0), rate, anchor), &sb, &cb);
+        const double *rc = R->c + p0 - j, *rs = R->s + p0 - j;
+        for (int i = j; i < e; i++) {
+            gi[i] = sb * rc[i] + cb * rs[i];
+            go[i] = cb * rc[i] - sb * rs[i];
+        }
+        /* the phase stops at pi/2 (u >= 1): the fade's last samples, a suffix since u only grows */
+        for (int i = e - 1; i >= j && (double)(m0 + i + 1) * rate + anchor >= 1.0; i--) {
+            gi[i] = s1;
+            go[i] = c1;
+        }
+        j = e;
+    }
+}
+
+/* o = x * gi (+ c * go): one stereo row per gain, rounded as numpy does (double product, then
+ * float, then the float sum). Indexes are ptrdiff_t in loops over interleaved rows: Python builds
+ * extensions with -fwrapv, under which gcc cannot vectorise 2 * j with an int j. */
+static void fade_rows(float *restrict o, const float *restrict x, const double *restrict gi, ptrdiff_t k) {
+    for (ptrdiff_t j = 0; j < k; j++) {
+        o[2 * j] = (float)((double)x[2 * j] * gi[j]);
+        o[2 * j + 1] = (float)((double)x[2 * j + 1] * gi[j]);
+    }
+}
+
+static void crossfade_rows(float *restrict o, const float *restrict x, const double *restrict gi,
+                           const float *restrict c, const double *restrict go, ptrdiff_t k) {
+    for (ptrdiff_t j = 0; j < k; j++) {
+        o[2 * j] = (float)((double)x[2 * j] * gi[j]) + (float)((double)c[2 * j] * go[j]);
+        o[2 * j + 1] = (float)((double)x[2 * j + 1] * gi[j]) + (float)((double)c[2 * j + 1] * go[j]);
+    }
 }
 
 /* -- ramps --------------------------------------------------------------------------------------- */
@@ -138,8 +227,9 @@ static const float *ramp_apply(mc_ramp *r, const float *x, float *y, int n) {
         const double s0 = r->start[0], s1 = r->start[1], d0 = r->delta[0], d1 = r->delta[1];
         for (; j < m; j++) {
             const double f = ((double)j + base) / S;
-            y[2 * j] = (float)((double)x[2 * j] * (f * d0 + s0));
-            y[2 * j + 1] = (float)((double)x[2 * j + 1] * (f * d1 + s1));
+            const ptrdiff_t i = 2 * (ptrdiff_t)j;
+            y[i] = (float)((double)x[i] * (f * d0 + s0));
+            y[i + 1] = (float)((double)x[i + 1] * (f * d1 + s1));
         }
         r->k += m;
     }
@@ -148,9 +238,9 @@ static const float *ramp_apply(mc_ramp *r, const float *x, float *y, int n) {
         if (t0 == 1.0 && t1 == 1.0) {
             if (y != x) memcpy(y + 2 * j, x + 2 * j, (size_t)(n - j) * 2 * sizeof(float));
         } else {
-            for (; j < n; j++) {
-                y[2 * j] = (float)((double)x[2 * j] * t0);
-                y[2 * j + 1] = (float)((double)x[2 * j + 1] * t1);
+            for (ptrdiff_t i = 2 * (ptrdiff_t)j; i < 2 * (ptrdiff_t)n; i += 2) {
+                y[i] = (float)((double)x[i] * t0);
+                y[i + 1] = (float)((double)x[i + 1] * t1);
             }
         }
     }
@@ -160,8 +250,8 @@ static const float *ramp_apply(mc_ramp *r, const float *x, float *y, int n) {
 /* mix += y; returns the RMS of y (partial sums in 8 lanes so the loop vectorises). */
 static double accumulate(float *restrict mix, const float *restrict y, int n) {
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    const int m = 2 * n;
-    int i = 0;
+    const ptrdiff_t m = 2 * (ptrdiff_t)n;
+    ptrdiff_t i = 0;
     for (; i + 8 <= m; i += 8) {
         for (int l = 0; l < 8; l++) {
             const float v = y[i + l];
@@ -260,12 +350,7 @@ static void start_slot(mc_state *st, int i) {
 static int render_fade(mc_state *st, mc_slot *s, float *out, int done, int n) {
     const int k = (int)mn(n - done, s->fade_total - s->fade_k);
     double *restrict gi = st->gin, *restrict go = st->gout;
-    const double base = (double)(s->fade_k + 1), rate = s->rate, anchor = s->anchor;
-    for (int j = 0; j < k; j++) {
-        double ph = ((double)j + base) * rate + anchor;
-        ph = ph < 1.0 ? ph : 1.0;
-        qsincos(ph * MC_HALF_PI, &gi[j], &go[j]);
-    }
+    fade_gains(st, gi, go, s->fade_k, k, s->rate, s->anchor);
     if (s->fade_curve == 1) {  /* sin2 */
         for (int j = 0; j < k; j++) {
             gi[j] *= gi[j];
@@ -273,24 +358,25 @@ static int render_fade(mc_state *st, mc_slot *s, float *out, int done, int n) {
         }
     }
     float *o = out + 2 * done;
-    /* clips are long enough by construction; the clamps only keep a degenerate one in bounds */
-    const float *x = st->clip_data[s->inc] + 2 * s->inc_pos;
-    const int kin = (int)mx(0, mn(k, st->clip_frames[s->inc] - s->inc_pos));
-    for (int j = 0; j < kin; j++) {
-        o[2 * j] = (float)((double)x[2 * j] * gi[j]);
-        o[2 * j + 1] = (float)((double)x[2 * j + 1] * gi[j]);
-    }
-    if (kin < k) memset(o + 2 * kin, 0, (size_t)(k - kin) * 2 * sizeof(float));
     const int32_t cur = s->cur;
-    if (cur >= 0) {
-        const float *c = st->clip_data[cur] + 2 * s->cur_pos;
-        const int kc = (int)mx(0, mn(k, st->clip_frames[cur] - s->cur_pos));
-        for (int j = 0; j < kc; j++) {
-            o[2 * j] += (float)((double)c[2 * j] * go[j]);
-            o[2 * j + 1] += (float)((double)c[2 * j + 1] * go[j]);
+    const float *x = st->clip_data[s->inc] + 2 * s->inc_pos;
+    /* clips are long enough by construction; the clamps only keep a degenerate one in bounds */
+    const int kin = (int)mx(0, mn(k, st->clip_frames[s->inc] - s->inc_pos));
+    const int kc = cur < 0 ? 0 : (int)mx(0, mn(k, st->clip_frames[cur] - s->cur_pos));
+    if (cur >= 0 && kin == k && kc == k) {
+        crossfade_rows(o, x, gi, st->clip_data[cur] + 2 * s->cur_pos, go, k);
+    } else {
+        fade_rows(o, x, gi, kin);
+        if (kin < k) memset(o + 2 * kin, 0, (size_t)(k - kin) * 2 * sizeof(float));
+        if (cur >= 0) {
+            const float *c = st->clip_data[cur] + 2 * s->cur_pos;
+            for (int j = 0; j < kc; j++) {
+                o[2 * j] += (float)((double)c[2 * j] * go[j]);
+                o[2 * j + 1] += (float)((double)c[2 * j + 1] * go[j]);
+            }
         }
-        s->cur_pos += k;
     }
+    if (cur >= 0) s->cur_pos += k;
     s->inc_pos += k;
     s->fade_k += k;
     if (s->fade_k >= s->fade_total) {
@@ -346,14 +432,15 @@ static void limit(mc_limiter *lm, float *out, int n) {
     float *d = lm->delay;
     const float *x = d + 2 * L;
     float lane[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, peak = 0.f;
-    int i = 0;
-    for (; i + 8 <= 2 * n; i += 8) {  /* in lanes, so it vectorises */
+    const ptrdiff_t m = 2 * (ptrdiff_t)n;
+    ptrdiff_t i = 0;
+    for (; i + 8 <= m; i += 8) {  /* in lanes, so it vectorises */
         for (int l = 0; l < 8; l++) {
             const float a = fabsf(x[i + l]);
             lane[l] = a > lane[l] ? a : lane[l];
         }
     }
-    for (; i < 2 * n; i++) peak = fabsf(x[i]) > peak ? fabsf(x[i]) : peak;
+    for (; i < m; i++) peak = fabsf(x[i]) > peak ? fabsf(x[i]) : peak;
     for (int l = 0; l < 8; l++) peak = lane[l] > peak ? lane[l] : peak;
     if (peak <= lm->quiet_f && lm->quiet_run >= L && lm->env_zero_run >= L) {
         /* Nothing near the ceiling for L samples and no envelope: the gain is exactly 1 and the
@@ -423,7 +510,7 @@ void mc_free(mc_state *st) {
 
 mc_state *mc_new(int nslots, int q_cap, int max_block, int stagger, int64_t xfade_samples, int curve,
                  int64_t autolevel_glide, int lookahead, double ceiling_db, double release) {
-    if (nslots < 1 || nslots > MC_MAX_SLOTS || q_cap < 1 || max_block < 1 || lookahead < 1) return NULL;
+    if (nslots < 1 || nslots > MC_MAX_SLOTS || q_cap < 0 || max_block < 1 || lookahead < 1) return NULL;
     mc_state *st = calloc(1, sizeof(mc_state));
     if (st == NULL) return NULL;
     st->nslots = nslots;
@@ -445,7 +532,7 @@ mc_state *mc_new(int nslots, int q_cap, int max_block, int stagger, int64_t xfad
     st->sbuf = calloc((size_t)max_block * 2, sizeof(float));
     st->gin = calloc((size_t)max_block, sizeof(double));
     st->gout = calloc((size_t)max_block, sizeof(double));
-    st->queues = calloc((size_t)nslots * q_cap, sizeof(int32_t));
+    st->queues = calloc((size_t)nslots * (q_cap > 0 ? q_cap : 1), sizeof(int32_t));
     mc_limiter *lm = &st->lim;
     lm->L = lookahead;
     lm->delay = calloc((size_t)(lookahead + max_block) * 2, sizeof(float));
@@ -539,14 +626,15 @@ int64_t mc_buffered(const mc_state *st, int slot) {
     return (playing >= 0 ? st->clip_frames[playing] - pos : 0) + s->queued_frames;
 }
 
-/* Render the next n frames of the mix into out (n x 2 float32). */
-void mc_render(mc_state *st, float *out, int n) {
+/* Render the next n frames of the mix into out (n x 2 float32). Returns how many clip ids wait in
+ * `retired` for Python to take back. */
+int mc_render(mc_state *st, float *out, int n) {
     while (n > st->max_block) {  /* the caller splits already; this only keeps buffers in bounds */
         mc_render(st, out, st->max_block);
-        out += 2 * st->max_block;
+        out += 2 * (ptrdiff_t)st->max_block;
         n -= st->max_block;
     }
-    if (n <= 0) return;
+    if (n <= 0) return st->n_retired;
     for (int i = 0; i < st->nslots; i++)
         if (!st->slots[i].started && st->slots[i].q_count) start_slot(st, i);
     float *mix = st->lim.delay + 2 * st->lim.L;
@@ -562,4 +650,5 @@ void mc_render(mc_state *st, float *out, int n) {
     }
     ramp_apply(&st->master, mix, mix, n);
     limit(&st->lim, out, n);
+    return st->n_retired;
 }

@@ -15,7 +15,8 @@ Two cores behind one class, chosen when a Mixer is built (python-rtmixer's split
          keeps the command rings, applies commands by writing the C state, and owns the clip
          arrays whose pointers C holds.
   numpy  the same state machine in numpy, used when the compiled module is missing or
-         ENDLESS_PURE_PYTHON=1. About 15x the cost per block; fine for offline renders.
+         ENDLESS_PURE_PYTHON=1. 20-50x the cost per block (benchmarks/bench_mixer.py); fine
+         for offline renders and a few slots live.
 The two agree up to float rounding; each is block-size independent bit for bit.
 """
 
@@ -54,7 +55,7 @@ MIXER_OPS: dict[str, int] = {
 _HALF_PI = math.pi / 2
 _AUTOLEVEL_GLIDE = next(p.smoothing for p in PARAMS if p.key == "autolevel")
 _F32 = np.dtype(np.float32)
-_CORE_VERSION = 1  # MC_VERSION in mixcore.c: a stale build falls back to numpy instead of misbehaving
+_CORE_VERSION = 2  # MC_VERSION in mixcore.c: a stale build falls back to numpy instead of misbehaving
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,10 @@ class Mixer:
         self.morph_x = 0.5
         self.morph_y = 0.5
         self.frame = 0  # output frames produced so far
+        # commands pushed (control side) and popped (audio side) per ring: equal counts let the
+        # audio thread skip the rings without a method call
+        self._cmds_sent = self._cmds_taken = 0
+        self._timed_sent = self._timed_taken = 0
         self.return_overflows = 0
         self.clips_dropped = 0
         self._ops = {
@@ -167,7 +172,15 @@ class Mixer:
     # -- control side ----------------------------------------------------------------------------
     def send(self, cmd: Command) -> bool:
         """Queue a command for the next block (False: the ring is full; nothing was queued)."""
-        return (self._timed if cmd.frame >= 0 else self._cmds).push(cmd)
+        if cmd.frame >= 0:
+            if not self._timed.push(cmd):
+                return False
+            self._timed_sent += 1  # after the push: the audio thread looks at the ring once it sees this
+        else:
+            if not self._cmds.push(cmd):
+                return False
+            self._cmds_sent += 1
+        return True
 
     def returned(self) -> list[np.ndarray]:
         """Clip buffers the audio thread is done with (control side frees or archives them)."""
@@ -190,13 +203,19 @@ class Mixer:
     # -- audio thread ----------------------------------------------------------------------------
     def process(self, out: np.ndarray) -> None:
         """Fill `out` (frames, 2) float32 with the next frames of the mix."""
-        n_total = out.shape[0]
+        self._process(out)
+
+    def _process(self, out: np.ndarray) -> None:
+        """Apply the commands waiting, then render, splitting the buffer at timed commands and at
+        max_block."""
         cmds = self._cmds
         for _ in range(256):
             c = cmds.pop()
             if c is None:
                 break
+            self._cmds_taken += 1
             self._apply(c)
+        n_total = out.shape[0]
         maxb = self.cfg.max_block
         pos = 0
         timed = self._timed
@@ -209,6 +228,7 @@ class Mixer:
                     self._render(out[pos:at])
                     pos = at
                 timed.pop()
+                self._timed_taken += 1
                 self._apply(c)
                 continue
             self._render(out if pos == 0 and end == n_total else out[pos:end])
@@ -712,6 +732,9 @@ class _CMixer(Mixer):
         self._clips: list[np.ndarray | None] = [None] * (cfg.slots * (cfg.queue_capacity + 2))
         self._out = np.zeros((cfg.max_block, 2), np.float32)  # for outputs C cannot write directly
         self._out_c = ffi.from_buffer("float[]", self._out, require_writable=True)
+        self._mc_render = lib.mc_render
+        self._from_buffer = ffi.from_buffer
+        self._maxb = cfg.max_block
 
     def send(self, cmd: Command) -> bool:
         clip = cmd.clip
@@ -731,16 +754,44 @@ class _CMixer(Mixer):
         """Clip ids freed without being reported back (a full list; should stay 0)."""
         return int(self._st.retired_lost)
 
+    def process(self, out: np.ndarray) -> None:
+        # In a callback every Python operation runs with cold caches (~1 us each, 10x the warm
+        # cost), so the usual case (no command due, one sub-block, an n x 2 C-contiguous float32
+        # buffer) is _render inlined, with nothing else: the rings are not even looked at unless
+        # their counts say something was sent.
+        n = len(out)
+        if self._cmds_sent == self._cmds_taken and n <= self._maxb and out.dtype is _F32:
+            if self._timed_sent != self._timed_taken:
+                t = self._timed.peek()
+                if t is not None and t.frame < self.frame + n:
+                    self._process(out)
+                    return
+            try:
+                buf = self._from_buffer("float[]", out, True)
+            except (BufferError, TypeError, ValueError):  # not contiguous, or read-only
+                buf = None
+            if buf is not None and len(buf) == 2 * n:
+                if self._mc_render(self._st, buf, n):
+                    self._drain()
+                self.frame += n
+                return
+        self._process(out)
+
     def _render(self, o: np.ndarray) -> None:
         n = o.shape[0]
-        st = self._st
-        if o.dtype is _F32 and o.flags.c_contiguous and o.shape[1:] == (2,):
-            self._lib.mc_render(st, self._ffi.from_buffer("float[]", o, True), n)
-        else:
-            self._lib.mc_render(st, self._out_c, n)
+        buf = None
+        if o.dtype is _F32:
+            try:  # C writes straight into `o` when it is n x 2 C-contiguous float32
+                buf = self._from_buffer("float[]", o, True)
+            except (BufferError, TypeError, ValueError):  # not contiguous, or read-only
+                buf = None
+        if buf is not None and len(buf) == 2 * n:
+            if self._mc_render(self._st, buf, n):
+                self._drain()
+        else:  # anything else: render into our buffer and let numpy copy (and cast)
+            if self._mc_render(self._st, self._out_c, n):
+                self._drain()
             o[:] = self._out[:n]
-        if st.n_retired:
-            self._drain()
         self.frame += n
 
     def _drain(self) -> None:
