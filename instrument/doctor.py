@@ -291,7 +291,7 @@ def _models() -> list[Check]:
     else:
         checks = [Check("model cache", "info", f"Hugging Face cache {cache} (does not exist yet)")]
     for repo, lacks in ((TANGOFLUX_REPO, _tangoflux_lacks), (TEXT_ENCODER_REPO, _t5_lacks)):
-        fix = (f"fetch it once with network access (`endless fetch-model`), or pass --model-dir DIR, "
+        fix = ("fetch it once with network access (`endless fetch-model`), or pass --model-dir DIR, "
                "or --model tiny to try the instrument offline")
         checks.append(_cached_model(cache, repo, lacks, fix))
     if offline:
