@@ -120,3 +120,19 @@ def test_generator_errors_are_one_line(tmp_path: Path, args: list[str], code: in
     assert r.returncode == code, (r.returncode, r.stderr)
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("endless: error:") and all(f in last for f in fragments), r.stderr
+
+
+def test_fetch_model_from_a_folder_makes_auto_use_it(tmp_path: Path) -> None:
+    from instrument.generator.tiny import build_tiny_checkpoint
+
+    src = build_tiny_checkpoint(tmp_path / "ckpt")
+    env = _offline_env(tmp_path)
+    r = endless("fetch-model", "--from", str(src), env=env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cache" / "endless" / "models" / "tangoflux" / "tangoflux.safetensors").is_file()
+    r = endless("render", "--seconds", "2", "--slots", "1", "--length", "2", "--steps", "2",
+                "--out", str(tmp_path / "f.wav"), env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "STAND-IN" not in r.stderr and "models/tangoflux" in r.stderr  # auto found the fetched weights
+    bad = endless("fetch-model", "--from", str(tmp_path / "nothing"), env=env)
+    assert bad.returncode == 4 and bad.stderr.strip().startswith("endless: error:")
