@@ -7,6 +7,7 @@ status) runs on the control loop in `play()`.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -141,7 +142,8 @@ class Output:
 def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency: str | float = "low",
          seconds: float | None = None, recorder: Recorder | None = None,
          status: Callable[[Engine, Output], None] | None = None, lookahead: float = 0.5,
-         ticks: Sequence[Callable[[Engine], object]] = (), wake: threading.Event | None = None) -> PlaySummary:
+         ticks: Sequence[Callable[[Engine], object]] = (), wake: threading.Event | None = None,
+         on_output: Callable[[Output], None] | None = None) -> PlaySummary:
     """Play until `seconds` of output have been produced (None: until Ctrl-C).
 
     The control loop: `ticks` (OSC and MIDI inboxes, drained on this thread), due script events,
@@ -156,6 +158,12 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     engine.pump()
     limit = None if seconds is None else int(round(seconds * sr))
     out = Output(engine, device, blocksize, latency, recorder, limit)
+    if on_output is not None:
+        on_output(out)
+    # A full garbage collection stops every thread, the audio callback too (87-318 ms measured with
+    # torch loaded): collect once now and keep what exists out of later passes.
+    gc.collect()
+    gc.freeze()
     last_status = 0.0
     try:
         with out:

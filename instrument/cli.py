@@ -96,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--log-control", type=Path, metavar="FILE",
                    help="record every accepted control change as a script (replay: endless render --script FILE)")
+    o = p.add_argument_group("OSC (docs/osc.md)")
+    o.add_argument("--osc-port", type=int, default=9000, metavar="PORT", help="OSC over UDP (default 9000; 0: any)")
+    o.add_argument("--osc-tcp-port", type=int, metavar="PORT", help="also OSC over TCP with SLIP framing (TouchOSC)")
+    o.add_argument("--listen", default="127.0.0.1", metavar="ADDR",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 for a LAN)")
+    o.add_argument("--allow", action="append", default=[], metavar="ADDR[/BITS]",
+                   help="with --listen: clients allowed besides loopback (repeatable; default: anyone)")
+    o.add_argument("--record-dir", type=Path, default=Path("."), metavar="DIR",
+                   help="where /endless/record writes its takes (default: the current folder)")
     g = p.add_argument_group("MIDI and presets (docs/mappings.md)")
     g.add_argument("--midi-in", action="append", default=[], metavar="PATTERN",
                    help="MIDI inputs whose name contains PATTERN or matches it as a regex; repeatable; ports "
@@ -263,8 +272,9 @@ def _gen_summary(engine) -> str:  # type: ignore[no-untyped-def]
 
 def cmd_play(args: argparse.Namespace) -> int:
     from instrument.audio import device_rate, find_device, play
+    from instrument.control.osc import OscConfig, OscServer
     from instrument.control.presets import ControlActions, PresetStore
-    from instrument.render import Recorder, check_output_path
+    from instrument.render import Recorder, RecordSwitch, check_output_path
     from instrument.script import ControlLog
 
     _check(args.seconds is None or args.seconds > 0, f"--seconds {args.seconds}: must be > 0")
@@ -286,11 +296,23 @@ def cmd_play(args: argparse.Namespace) -> int:
     wake = threading.Event()
     actions = ControlActions(engine, PresetStore(args.presets) if args.presets else None)
     midi = _midi(args, engine, actions, wake)
-    ticks = [midi.drain] if midi is not None else []
+    switch = RecordSwitch(args.record_dir, rate)
+    osc = OscServer(engine, OscConfig(host=args.listen, port=args.osc_port, tcp_port=args.osc_tcp_port,
+                                      allow=tuple(args.allow)),
+                    on_record=switch, actions=_osc_actions(engine, actions), wake=wake).start()
+
+    def on_output(out) -> None:  # type: ignore[no-untyped-def]
+        switch.out = out
+        osc.xruns = lambda: out.underflows
+
+    ticks = [osc.drain] + ([midi.drain] if midi is not None else [])
     try:
         summary = play(engine, device, args.blocksize, latency, args.seconds, recorder, status, ticks=ticks,
-                       wake=wake)
+                       wake=wake, on_output=on_output)
     finally:
+        osc.stop()
+        if switch.rec is not None:
+            switch(False, None)
         if midi is not None:
             midi.close()
         if recorder is not None:
@@ -303,6 +325,31 @@ def cmd_play(args: argparse.Namespace) -> int:
         sys.stderr.write("\n")
     print(summary.line() + _gen_summary(engine))
     return 0
+
+
+def _osc_actions(engine, actions):  # type: ignore[no-untyped-def]
+    """OSC addresses for presets and MIDI learn; recalls and steps land on the grid when quantizing."""
+
+    def frame() -> int:
+        q = engine.quantized_frame()
+        return -1 if q is None else q
+
+    def glide(args: tuple, i: int) -> float | None:  # type: ignore[type-arg]
+        return float(args[i]) if len(args) > i else None
+
+    def one(args: tuple, what: str) -> object:  # type: ignore[type-arg]
+        if not args:
+            raise ConfigError(f"{what}: give a preset name or index")
+        return args[0]
+
+    return {
+        "preset/store": lambda a: actions.store(str(one(a, "/preset/store"))),
+        "preset/recall": lambda a: actions.recall(one(a, "/preset/recall"), glide(a, 1), frame()),
+        "preset/arm": lambda a: actions.arm(one(a, "/preset/arm")),
+        "preset/next": lambda a: actions.step(1, glide(a, 0), frame()),
+        "preset/previous": lambda a: actions.step(-1, glide(a, 0), frame()),
+        "learn": lambda a: actions.learn(str(a[0]) if a else None),
+    }
 
 
 def _midi(args: argparse.Namespace, engine, actions, wake: threading.Event):  # type: ignore[no-untyped-def]

@@ -58,6 +58,9 @@ def osc_reference(prefix: str = DEFAULT_PREFIX) -> str:
     lines += ["", "## Command-line flags from the registry", "",
               "These parameters also have a flag on `endless play` and `endless render` setting their start value:", ""]
     lines += [f"- `--{p.name}` ({_range(p)}{' ' + p.unit if p.unit else ''}, default {_default(p)})" for p in flags]
+    from instrument.control.osc import reference
+
+    lines += ["", reference(prefix).rstrip("\n")]
     lines += ["", "## Control scripts", "",
               'A control script is a JSON-lines file of `{"t": seconds, "address": "/endless/...", "args": [...]}`.',
               "`endless render --script FILE` and `endless play --script FILE` apply each event at its exact "

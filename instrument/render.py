@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -116,3 +117,32 @@ class Recorder:
         self._file.close()
         if self.overflows:
             log.warning("recorder dropped %d blocks (the disk could not keep up)", self.overflows)
+
+
+class RecordSwitch:
+    """OSC `/endless/record`: start and stop a Recorder on the running Output (control thread)."""
+
+    def __init__(self, folder: Path, sample_rate: int) -> None:
+        self.folder = folder
+        self.sample_rate = sample_rate
+        self.out: Any = None  # the audio Output, once play() has opened it
+        self.rec: Recorder | None = None
+
+    def __call__(self, start: bool, name: str | None) -> str:
+        if self.out is None:
+            raise ConfigError("the audio output is not running yet")
+        if start:
+            if self.rec is not None:
+                raise ConfigError(f"already recording to {self.rec.path}: send /endless/record 0 first")
+            path = self.folder / (name or time.strftime("endless-%Y%m%d-%H%M%S.wav"))
+            if path.exists():
+                raise ConfigError(f"{path} exists: give another name")
+            self.rec = Recorder(path, self.sample_rate)
+            self.out.recorder = self.rec  # one reference: the callback reads it once per block
+            return str(path)
+        if self.rec is None:
+            raise ConfigError("not recording: send /endless/record 1 [name] first")
+        rec, self.rec = self.rec, None
+        self.out.recorder = None
+        rec.close()  # a block the callback is still tapping lands in the ring, never in a closed file
+        return str(rec.path)

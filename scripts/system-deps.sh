@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system libraries the instrument needs, only where they are missing.
-#   runtime: PortAudio, libsndfile, python venv     test: + jackd2 (JACK dummy server for audio tests)
+#   runtime: PortAudio, libsndfile, python venv
+#   test: + jackd2 (JACK dummy server for audio and MIDI tests), puredata-core (a real OSC peer)
 set -euo pipefail
 what=${1:-runtime}
 
@@ -15,7 +16,7 @@ fi
 
 pkgs=(libportaudio2 libsndfile1)
 python3 -c "import ensurepip, venv" 2>/dev/null || pkgs+=(python3-venv)
-[[ "$what" == test ]] && pkgs+=(jackd2)
+[[ "$what" == test ]] && pkgs+=(jackd2 puredata-core)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,10 +1,15 @@
 """Control inputs: everything that turns a controller's gesture into a registry change.
 
-Each input runs its own I/O threads and hands work to the control thread (the play loop), which
-applies it through `Engine.handle`, so the engine and the mixer's command ring keep one producer.
+Each input reads on its own threads and hands work to the control thread (the play loop), which
+applies it through `Engine.handle`, so the engine and the mixer's command ring keep one producer;
+they share one wake event, so the loop sleeps until any of them has work.
 
-  osc   the OSC server: UDP and TCP/SLIP, its address space derived from the parameter registry,
-        echo and status to subscribers (`OscServer`, `OscConfig`)
+  osc       the OSC server: UDP and TCP/SLIP, its address space derived from the parameter
+            registry, echo and status to subscribers (`OscServer`, `OscConfig`)
+  midi      MIDI input and feedback through mido (`MidiControl`)
+  mappings  controller mappings: MIDI controls to registry addresses and actions
+  presets   scenes: store, recall with a glide, arm (`PresetStore`, `ControlActions`)
+  arming    pre-generating an armed preset's clips (`ArmingScheduler`)
 
 Import the modules directly: importing this package imports nothing else.
 """
