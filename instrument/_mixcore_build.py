@@ -76,9 +76,10 @@ ffibuilder.set_source(
 
 if __name__ == "__main__":
     import shutil
+    import sys
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         built = Path(ffibuilder.compile(tmpdir=tmp))
         shutil.copy2(built, HERE / built.name)
-        print(f"built {HERE / built.name}")
+        sys.stderr.write(f"built {HERE / built.name}\n")  # a manual rebuild: python instrument/_mixcore_build.py
