@@ -58,18 +58,17 @@ import argparse
 import json
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _jack import JackServer  # benchmarks/_jack.py (the script folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -197,46 +196,7 @@ def child_main(out_path: Path, max_seconds: float, gc_freeze: bool, generate: bo
     return 0
 
 
-# -- the parent: a JACK server and the OSC client ---------------------------------------------------
-class JackServer:
-    """A private `jackd -d dummy` at RATE with BLOCK-frame periods, stopped (with timeouts) on exit."""
-
-    def __init__(self) -> None:
-        self.name = f"bench_control_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-        self.env = dict(os.environ, JACK_DEFAULT_SERVER=self.name, JACK_NO_START_SERVER="1",
-                        JACK_NO_AUDIO_RESERVATION="1")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> JackServer:
-        self.proc = subprocess.Popen([_tool("jackd"), "-r", "-n", self.name, "-d", "dummy", "-r", str(RATE),
-                                      "-p", str(BLOCK), "-C", "0", "-P", "2"], env=self.env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            subprocess.run([_tool("jack_wait"), "-s", self.name, "-w", "-t", "10"], env=self.env, check=True,
-                           capture_output=True, timeout=20)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise SystemExit(f"{name} not found: apt-get install jackd2")
-    return path
-
-
+# -- the parent: the OSC client ------------------------------------------------------------------
 def _msg(address: str, *args: Any) -> bytes:
     from pythonosc.osc_message_builder import OscMessageBuilder
 
@@ -343,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (100 if args.quick else 400)
     max_seconds = steps * GAP_S[1] + 30
     load0 = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as tmp, JackServer() as jack:
+    with tempfile.TemporaryDirectory() as tmp, JackServer(BLOCK, RATE, "bench_control") as jack:
         npz = Path(tmp) / "run.npz"
         child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", str(npz),
                                   "--max-seconds", str(max_seconds)] + ["--no-gc-freeze"] * args.no_gc_freeze

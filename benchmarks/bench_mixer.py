@@ -36,17 +36,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _jack import JackServer  # benchmarks/_jack.py (the script folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -196,49 +194,6 @@ def child_main(slots: int, block: int, seconds: float, warmup: float = 0.5) -> i
     return 0
 
 
-class JackServer:
-    """A private `jackd -d dummy` at RATE with `block`-frame periods, stopped (with timeouts) on exit."""
-
-    def __init__(self, block: int) -> None:
-        self.name = f"bench_mixer_{os.getpid()}_{block}_{uuid.uuid4().hex[:6]}"
-        self.env = dict(os.environ, JACK_DEFAULT_SERVER=self.name, JACK_NO_START_SERVER="1",
-                        JACK_NO_AUDIO_RESERVATION="1")
-        self.cmd = [_tool("jackd"), "-r", "-n", self.name, "-d", "dummy", "-r", str(RATE), "-p", str(block),
-                    "-C", "0", "-P", "2"]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> JackServer:
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        try:
-            subprocess.run([_tool("jack_wait"), "-s", self.name, "-w", "-t", "10"], env=self.env, check=True,
-                           capture_output=True, timeout=20)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise SystemExit(f"{name} not found: apt-get install jackd2, or pass --no-jack")
-    return path
-
-
 def measure_jack(server: JackServer, slots: int, block: int, seconds: float) -> Record:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--slots", str(slots),
            "--blocksize", str(block), "--seconds", str(seconds)]
@@ -318,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"loop  slots={s:2d} block={b:4d}: median {records[-1].median_us:.1f} us", file=sys.stderr)
     if not args.no_jack:
         for b in blocks:
-            with JackServer(b) as server:
+            with JackServer(b, RATE, "bench_mixer") as server:
                 for s in slots:
                     records.append(measure_jack(server, s, b, seconds))
                     r = records[-1]

@@ -1,0 +1,51 @@
+"""A private JACK dummy server for the benchmarks (the tests have their own fixture in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise SystemExit(f"{name} not found: apt-get install jackd2")
+    return path
+
+
+class JackServer:
+    """`jackd -d dummy` at `rate` with `block`-frame periods under a unique name; `env` reaches it.
+    Stopped (with timeouts) on exit."""
+
+    def __init__(self, block: int, rate: int = 44100, prefix: str = "bench") -> None:
+        self.name = f"{prefix}_{os.getpid()}_{block}_{uuid.uuid4().hex[:6]}"
+        self.env = dict(os.environ, JACK_DEFAULT_SERVER=self.name, JACK_NO_START_SERVER="1",
+                        JACK_NO_AUDIO_RESERVATION="1")
+        self.cmd = [tool("jackd"), "-r", "-n", self.name, "-d", "dummy", "-r", str(rate), "-p", str(block),
+                    "-C", "0", "-P", "2"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> JackServer:
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            subprocess.run([tool("jack_wait"), "-s", self.name, "-w", "-t", "10"], env=self.env, check=True,
+                           capture_output=True, timeout=20)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
