@@ -69,6 +69,7 @@ from instrument.coreml.patches import converter_patches
 from instrument.errors import ConfigError
 from instrument.generator.errors import CheckpointError
 from instrument.generator.loading import read_config
+from instrument.generator.pipeline import flux_transformer
 
 log = logging.getLogger(__name__)
 
@@ -180,16 +181,7 @@ def load_transformer(root: Path) -> FluxTransformer2DModel:
     config = read_config(root / "config.json")
     weights = root / "tangoflux.safetensors"
     with torch.device("meta"):
-        model = FluxTransformer2DModel(
-            in_channels=config.in_channels,
-            num_layers=config.num_layers,
-            num_single_layers=config.num_single_layers,
-            attention_head_dim=config.attention_head_dim,
-            num_attention_heads=config.num_attention_heads,
-            joint_attention_dim=config.joint_attention_dim,
-            pooled_projection_dim=config.joint_attention_dim,  # TangoFluxModel checks T5 d_model equals it
-            guidance_embeds=False,
-        )
+        model = flux_transformer(config)
     state: dict[str, torch.Tensor] = {}
     with safe_open(str(weights), framework="pt", device="cpu") as f:
         for key in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)

@@ -171,16 +171,22 @@ class TangoFluxModel(nn.Module):
         self.text_encoder = text_encoder
         self.fc = nn.Sequential(nn.Linear(d_text, config.joint_attention_dim), nn.ReLU())
         self.duration_emebdder = DurationEmbedder(d_text, min_value=0, max_value=config.max_duration)
-        self.transformer = FluxTransformer2DModel(
-            in_channels=config.in_channels,
-            num_layers=config.num_layers,
-            num_single_layers=config.num_single_layers,
-            attention_head_dim=config.attention_head_dim,
-            num_attention_heads=config.num_attention_heads,
-            joint_attention_dim=config.joint_attention_dim,
-            pooled_projection_dim=d_text,
-            guidance_embeds=False,
-        )
+        self.transformer: nn.Module = flux_transformer(config)  # or a compiled / Core ML stand-in
+
+
+def flux_transformer(config: TangoFluxConfig) -> FluxTransformer2DModel:
+    """TangoFlux's Flux transformer (no guidance embedding; pooled projection of T5's width, which
+    TangoFluxModel checks equals joint_attention_dim)."""
+    return FluxTransformer2DModel(
+        in_channels=config.in_channels,
+        num_layers=config.num_layers,
+        num_single_layers=config.num_single_layers,
+        attention_head_dim=config.attention_head_dim,
+        num_attention_heads=config.num_attention_heads,
+        joint_attention_dim=config.joint_attention_dim,
+        pooled_projection_dim=config.joint_attention_dim,
+        guidance_embeds=False,
+    )
 
 
 def flow_schedule(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
