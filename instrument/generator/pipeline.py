@@ -417,8 +417,8 @@ class TangoFluxPipeline:
         clips = []
         for z, seconds in zip(latents, durations, strict=True):
             # The decoder is convolutional with a receptive field under 8 latents: decoding only the
-            # latents the clip needs, plus a margin, gives the same samples (measured: 4.5e-7 max abs
-            # at margin 8 and up) for a fraction of the cost of all 645.
+            # latents the clip needs, plus a margin, gives the same samples for a fraction of the cost
+            # of all 645 (tests/test_pipeline_parity.py compares against upstream's full decode).
             need = min(z.shape[0], math.ceil(seconds * self.sample_rate / self.samples_per_latent) + DECODE_MARGIN)
             z = z[None, :need].transpose(2, 1).to(self.vae_device, self.vae_dtype)  # (1, C, need)
             wave = self.vae.decode(z).sample[0].float().cpu()  # (channels, L * samples_per_latent)
