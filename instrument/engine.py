@@ -130,12 +130,21 @@ class Engine:
     def get(self, key: str, slot: int | None = None) -> Value:
         return self.values[(key, slot)]
 
-    def _generator_set(self, ref: Ref, value: Value) -> None:
-        gen, p = self.generator, ref.param
-        if gen is None:
+    def check(self, ref: Ref, value: Value) -> None:
+        """Raise ParamError for what `set` would refuse after the registry accepted the value (no
+        generator, a bad blend, weights that do not fit), changing nothing."""
+        if ref.param.target != "generator":
+            return
+        if self.generator is None:
             raise ParamError(f"{ref.address(self.registry.prefix)}: there is no generator: this instrument plays "
                              "a clip folder (start it with --model instead of --clips)")
         assert ref.slot is not None
+        self.generator.check(ref.slot, ref.param.key, value)
+
+    def _generator_set(self, ref: Ref, value: Value) -> None:
+        self.check(ref, value)
+        gen, p = self.generator, ref.param
+        assert gen is not None and ref.slot is not None
         if p.key == "slot/prompt":
             gen.set_prompt(ref.slot, str(value))
         elif p.key == "slot/regenerate":

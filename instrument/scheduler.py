@@ -73,14 +73,26 @@ class Scheduler:
         self.engine = engine
 
     # -- settings --------------------------------------------------------------------------------
+    def check(self, slot: int, key: str, value: object) -> None:
+        """Raise ParamError for what set_prompt/set_weights would refuse (a bad blend, weights that
+        do not fit the prompt), changing nothing: OSC checks a whole bundle with it first."""
+        from instrument.generator.conditioning import parse_blend
+
+        if key == "slot/prompt" and str(value).strip():
+            try:
+                parse_blend(str(value))
+            except ValueError as e:
+                raise ParamError(f"slot {slot + 1} prompt: {e}") from None
+        if key == "slot/weights" and isinstance(value, tuple):
+            parts = self.plans[slot].parts
+            if len(value) != len(parts):
+                raise ParamError(f"slot {slot + 1} weights: {len(value)} given for a prompt of {len(parts)} "
+                                 f"part(s) ({' | '.join(parts) or 'no prompt'}): give one weight per part")
+
     def set_prompt(self, slot: int, text: str) -> None:
         from instrument.generator.conditioning import parse_blend
 
-        if text.strip():
-            try:
-                parse_blend(text)
-            except ValueError as e:
-                raise ParamError(f"slot {slot + 1} prompt: {e}") from None
+        self.check(slot, "slot/prompt", text)
         p = self.plans[slot]
         if text == p.prompt:
             return
@@ -92,10 +104,8 @@ class Scheduler:
         """New weights for the parts of the slot's blend (conditioning is mixed, not audio)."""
         from instrument.generator.conditioning import format_blend
 
+        self.check(slot, "slot/weights", weights)
         p = self.plans[slot]
-        if len(weights) != len(p.parts):
-            raise ParamError(f"slot {slot + 1} weights: {len(weights)} given for a prompt of {len(p.parts)} "
-                             f"part(s) ({' | '.join(p.parts) or 'no prompt'}): give one weight per part")
         total = sum(weights)
         text = format_blend([(n, w / total) for n, w in zip(p.parts, weights, strict=True) if w > 0])
         if text != p.prompt:

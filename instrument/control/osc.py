@@ -448,25 +448,13 @@ class OscServer:
     def _refusal(self, w: _Set, together: tuple[_Work, ...]) -> str | None:
         """What Engine.set would still refuse once the registry accepted the value (no generator, a
         bad blend, weights that do not fit the prompt), checked before a bundle applies anything."""
-        p, gen = w.ref.param, self.engine.generator
-        if p.target != "generator":
-            return None
-        if gen is None:
-            return (f"{w.address}: there is no generator: this instrument plays a clip folder (start it with "
-                    "--model instead of --clips)")
-        if p.key == "slot/prompt" and str(w.value).strip():
-            from instrument.generator.conditioning import parse_blend
-
-            try:
-                parse_blend(str(w.value))
-            except ValueError as e:
-                return f"{w.address}: {e}"
-        if p.key == "slot/weights" and isinstance(w.value, tuple) and w.ref.slot is not None:
-            parts = len(gen.plans[w.ref.slot].parts)
-            prompt_too = any(isinstance(o, _Set) and o.ref.param.key == "slot/prompt" and o.ref.slot == w.ref.slot
-                             for o in together)
-            if not prompt_too and len(w.value) != parts:  # with a new prompt, the engine checks in order
-                return f"{w.address}: {len(w.value)} weights for a prompt of {parts} part(s): give one per part"
+        if w.ref.param.key == "slot/weights" and any(
+                isinstance(o, _Set) and o.ref.param.key == "slot/prompt" and o.ref.slot == w.ref.slot for o in together):
+            return None  # with a new prompt in the same bundle, the engine checks the weights in order
+        try:
+            self.engine.check(w.ref, w.value)
+        except ParamError as e:
+            return str(e)
         return None
 
     def _record(self, peer: Peer, w: _Record) -> None:
