@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -100,6 +101,7 @@ class Output:
         self.recorder = recorder
         self.record_left = -1 if record_frames is None else record_frames
         self.underflows = 0
+        self.first_underflow = -1  # the callback index of the first one (start-up or steady state?)
         self.callbacks = 0
         self.timings = timings  # optional preallocated int64 array: callback cost in ns, ring
         sd = _sd()
@@ -114,6 +116,8 @@ class Output:
     def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         t0 = time.perf_counter_ns()
         if status.output_underflow:
+            if self.underflows == 0:
+                self.first_underflow = self.callbacks
             self.underflows += 1
         self.mixer.process(outdata)
         rec = self.recorder
@@ -164,6 +168,11 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     # torch loaded): collect once now and keep what exists out of later passes.
     gc.collect()
     gc.freeze()
+    # The callback is Python: it needs the GIL. The control thread (decoding clips, OSC, MIDI) may
+    # hold it for the whole switch interval (5 ms by default, most of a 256-frame period): hand it
+    # over sooner.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
     last_status = 0.0
     try:
         with out:
@@ -184,6 +193,8 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
                     time.sleep(0.01)
     except KeyboardInterrupt:
         pass
+    finally:
+        sys.setswitchinterval(switch_interval)
     st = engine.stats()
     return PlaySummary(engine.mixer.frame / sr, out.underflows, sum(st.starvations), out.callbacks,
                        st.clips_dropped, recorder.overflows if recorder else 0)
