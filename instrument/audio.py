@@ -147,12 +147,14 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
          seconds: float | None = None, recorder: Recorder | None = None,
          status: Callable[[Engine, Output], None] | None = None, lookahead: float = 0.5,
          ticks: Sequence[Callable[[Engine], object]] = (), wake: threading.Event | None = None,
-         on_output: Callable[[Output], None] | None = None) -> PlaySummary:
-    """Play until `seconds` of output have been produced (None: until Ctrl-C).
+         on_output: Callable[[Output], None] | None = None, output_cls: type[Output] | None = None,
+         stop: threading.Event | None = None) -> PlaySummary:
+    """Play until `seconds` of output have been produced (None: until Ctrl-C or `stop` is set).
 
     The control loop: `ticks` (OSC and MIDI inboxes, drained on this thread), due script events,
     timed changes handed to the mixer, clip queues topped up, status; it sleeps 10 ms, or less
-    when `wake` is set by an arriving message."""
+    when `wake` is set by an arriving message. Each tick holds `engine.lock`. `output_cls`: an
+    Output subclass to play through (benchmarks time its callbacks)."""
     sr = engine.cfg.sample_rate
     if engine.generator is not None:
         log.info("loading the model (the first start of a CUDA backend also compiles it)...")
@@ -161,7 +163,7 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     engine.schedule_script(int(lookahead * sr))
     engine.pump()
     limit = None if seconds is None else int(round(seconds * sr))
-    out = Output(engine, device, blocksize, latency, recorder, limit)
+    out = (output_cls or Output)(engine, device, blocksize, latency, recorder, limit)
     if on_output is not None:
         on_output(out)
     # A full garbage collection stops every thread, the audio callback too (87-318 ms measured with
@@ -176,16 +178,17 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     last_status = 0.0
     try:
         with out:
-            while limit is None or engine.mixer.frame < limit:
-                for tick in ticks:
-                    tick(engine)
-                engine.apply_due(engine.mixer.frame)
-                engine.schedule_script(engine.mixer.frame + int(lookahead * sr))
-                engine.pump()
-                now = time.monotonic()
-                if status is not None and now - last_status > 0.25:
-                    status(engine, out)
-                    last_status = now
+            while (limit is None or engine.mixer.frame < limit) and not (stop is not None and stop.is_set()):
+                with engine.lock:  # an input thread may apply a message between ticks (OscConfig.immediate)
+                    for tick in ticks:
+                        tick(engine)
+                    engine.apply_due(engine.mixer.frame)
+                    engine.schedule_script(engine.mixer.frame + int(lookahead * sr))
+                    engine.pump()
+                    now = time.monotonic()
+                    if status is not None and now - last_status > 0.25:
+                        status(engine, out)
+                        last_status = now
                 if wake is not None:
                     wake.wait(0.01)
                     wake.clear()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from instrument import __version__
 from instrument.errors import ConfigError, EndlessError
+from instrument.limiter import LOOKAHEAD_S
 from instrument.mixer import MixerConfig
 from instrument.params import PARAMS, Param, Registry, as_float
 
@@ -67,12 +68,18 @@ def _mix_args(ap: argparse.ArgumentParser) -> None:
     src.add_argument("--prompt", action="append", metavar="TEXT",
                      help="a slot's prompt or blend ('rain:0.7 | thunder:0.3'); repeat for slots 1, 2, ...")
     src.add_argument("--max-batch", type=int, default=4, metavar="N", help="slots generated in one call (default 4)")
+    src.add_argument("--generator-nice", type=int, default=10, metavar="N",
+                     help="lower the generator's CPU priority by N, 0..19, so it never delays the audio or a "
+                          "control (default 10)")
     src.add_argument("--clips", type=Path, metavar="DIR",
                      help="play a folder of audio files instead of generating (subfolders: one per slot)")
     src.add_argument("--demo", action="store_true", help="play the built-in synthesized demo textures instead")
     ap.add_argument("--assign", choices=("auto", "round-robin", "subfolder"), default="auto",
                     help="how files are spread over slots (default auto: by subfolder if there are any)")
     ap.add_argument("--slots", type=int, default=4, metavar="N", help="number of slots, 1..16 (default 4)")
+    ap.add_argument("--lookahead", type=float, default=LOOKAHEAD_S * 1000, metavar="MS",
+                    help=f"the -1 dBFS limiter's look-ahead, 0.05..5 ms (default {LOOKAHEAD_S * 1000:g}): the "
+                         "output's delay behind every control; longer catches overs more gently")
     _registry_flags(ap)
     ap.add_argument("--script", type=Path, metavar="FILE",
                     help='timed control events, JSON lines {"t": s, "address": "/endless/...", "args": [...]}')
@@ -157,8 +164,10 @@ def _mixer_config(args: argparse.Namespace, sample_rate: int) -> MixerConfig:
     blocksize = getattr(args, "blocksize", 0) or 0
     _check(0 <= blocksize <= 16384, f"--blocksize {blocksize}: allowed 0..16384")
     _check(8000 <= sample_rate <= 384000, f"--samplerate {sample_rate}: allowed 8000..384000 Hz")
+    lookahead = getattr(args, "lookahead", LOOKAHEAD_S * 1000)
+    _check(0.05 <= lookahead <= 5, f"--lookahead {lookahead:g}: allowed 0.05..5 ms")
     return MixerConfig(slots=args.slots, sample_rate=sample_rate, max_block=max(4096, blocksize),
-                       xfade=float(values["xfade"]), curve=str(values["curve"]))
+                       xfade=float(values["xfade"]), curve=str(values["curve"]), lookahead=lookahead / 1000)
 
 
 def _flag_value(reg: Registry, p: Param, value: object) -> float | str:
@@ -190,6 +199,8 @@ def _engine(args: argparse.Namespace, sample_rate: int, deterministic: bool = Fa
     _check(len(prompts) <= cfg.slots, f"--prompt given {len(prompts)} times for {cfg.slots} slots: give at most "
                                       "one per slot, or raise --slots")
     _check(1 <= args.max_batch <= 16, f"--max-batch {args.max_batch}: allowed 1..16")
+    _check(0 <= args.generator_nice <= 19, f"--generator-nice {args.generator_nice}: allowed 0..19 (0: same "
+                                           "priority as the audio)")
     script = load_script(args.script, reg) if args.script is not None else []
     source: ClipSource
     if args.clips is not None or args.demo:
@@ -230,11 +241,18 @@ def _generator(args: argparse.Namespace, cfg: MixerConfig, sample_rate: int, det
     # a render is deterministic: one clip per call, so batching never changes the numbers
     spec = WorkerSpec(model=choice.model, device=device, dtype=dtype, vae_dtype=vae_dtype, sample_rate=sample_rate,
                       max_batch=1 if deterministic else args.max_batch, allow_download=choice.allow_download,
+                      nice=args.generator_nice, threads=0 if deterministic else _live_threads(device),
                       coreml=args.backend == "coreml", compute_units=args.compute_units,
                       coreml_package=str(args.coreml_package) if args.coreml_package is not None else None)
     client = GeneratorClient(spec)
     client.start()
     return ArmingScheduler(client, cfg.slots, base_seed=args.seed)  # a Scheduler that can pre-generate presets
+
+
+def _live_threads(device: str) -> int:
+    """Torch threads for a CPU generator playing live: every core but one, which stays for the audio
+    and the controls (0, torch's default, on an accelerator and for an offline render)."""
+    return max(1, (os.cpu_count() or 2) - 1) if device == "cpu" else 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -298,7 +316,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     midi = _midi(args, engine, actions, wake)
     switch = RecordSwitch(args.record_dir, rate)
     osc = OscServer(engine, OscConfig(host=args.listen, port=args.osc_port, tcp_port=args.osc_tcp_port,
-                                      allow=tuple(args.allow)),
+                                      allow=tuple(args.allow), immediate=True),
                     on_record=switch, actions=_osc_actions(engine, actions), wake=wake).start()
 
     def on_output(out) -> None:  # type: ignore[no-untyped-def]
@@ -361,7 +379,8 @@ def _midi(args: argparse.Namespace, engine, actions, wake: threading.Event):  # 
 
     path = args.mapping or default_learn_path()
     mapping = load_mapping(path, engine.registry) if args.mapping or path.exists() else Mapping()
-    midi = MidiControl(MidiConfig(inputs=tuple(args.midi_in), outputs=tuple(args.midi_out), virtual=args.midi_virtual),
+    midi = MidiControl(MidiConfig(inputs=tuple(args.midi_in), outputs=tuple(args.midi_out), virtual=args.midi_virtual,
+                                  immediate=True),
                        Surface(mapping, engine.registry), actions.midi_action, wake=wake)
     midi.realtime.append(transport_feed(engine))  # MIDI clock, start, stop -> the transport
     actions.midi = midi

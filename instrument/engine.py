@@ -13,6 +13,7 @@ import bisect
 import heapq
 import itertools
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,10 @@ class Engine:
         self._seq = itertools.count()
         self.buffers_returned = 0
         self.clip_log: deque[ClipEvent] = deque(maxlen=10000)
+        # Held by whoever changes the engine: the control loop for each tick (`play()`), and an
+        # input thread applying a message the moment it arrives (OscServer with `immediate`).
+        # Never taken by the audio thread, which sees the engine only through the mixer's rings.
+        self.lock = threading.RLock()
 
     # -- parameters ------------------------------------------------------------------------------
     def handle(self, address: str, args: Sequence[object], frame: int = -1) -> tuple[Ref, Value]:

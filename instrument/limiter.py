@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-LOOKAHEAD_S = 0.00075
+# 0.25 ms (11 samples at 44.1 kHz): every control reaches the output this much later, so it is kept
+# short (a safety limiter that rarely works; a longer look-ahead, `--lookahead`, attacks more gently)
+LOOKAHEAD_S = 0.00025
 RELEASE_DB_PER_S = 20.0
 QUIET = 1.0 - 1e-6  # of the ceiling: at or below, no sample needs reduction (whatever the rounding)
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from instrument.limiter import RELEASE_DB_PER_S, Limiter, lookahead_samples
+from instrument.limiter import LOOKAHEAD_S, RELEASE_DB_PER_S, Limiter, lookahead_samples
 from instrument.params import PARAMS, db_to_amp
 from instrument.rt import SpscRing
 
@@ -80,6 +80,7 @@ class MixerConfig:
     curve: str = "equal_power"
     stagger: bool = True  # start slots at phase offsets so transitions do not coincide
     ceiling_db: float = -1.0  # limiter ceiling
+    lookahead: float = LOOKAHEAD_S  # limiter look-ahead, seconds: the output's delay behind the mix
     command_capacity: int = 1024
 
 
@@ -453,7 +454,7 @@ class _NumpyMixer(Mixer):
         super().__init__(cfg)
         n = cfg.max_block
         self.slots = [_Slot(i, cfg.queue_capacity) for i in range(cfg.slots)]
-        self.limiter = Limiter(self.sr, n, 2, cfg.ceiling_db)
+        self.limiter = Limiter(self.sr, n, 2, cfg.ceiling_db, cfg.lookahead)
         self.master = _Ramp(1.0)
         # preallocated scratch
         self._ramp1 = np.arange(1, n + 1, dtype=np.float64)
@@ -720,7 +721,7 @@ class _CMixer(Mixer):
         ffi, lib = _CORE.ffi, _CORE.lib
         self._ffi, self._lib = ffi, lib
         st = lib.mc_new(cfg.slots, cfg.queue_capacity, cfg.max_block, int(cfg.stagger), self.xfade_samples,
-                        self.curve, int(round(_AUTOLEVEL_GLIDE * self.sr)), lookahead_samples(self.sr),
+                        self.curve, int(round(_AUTOLEVEL_GLIDE * self.sr)), lookahead_samples(self.sr, cfg.lookahead),
                         cfg.ceiling_db, RELEASE_DB_PER_S / self.sr)
         if st == ffi.NULL:
             raise MemoryError("mixer: cannot allocate the C core's state")

@@ -52,6 +52,7 @@ def test_render_demo_clips_without_a_folder(tmp_path: Path) -> None:
     (["--slots", "17"], 2, "--slots 17: allowed 1..16"),
     (["--xfade", "100"], 2, "--xfade: 100 out of range: allowed 0.01..30 s"),
     (["--blocksize", "0"], 2, "--blocksize 0: allowed 1..16384"),
+    (["--lookahead", "9"], 2, "--lookahead 9: allowed 0.05..5 ms"),
     (["--seconds", "-1"], 2, "--seconds -1.0: must be > 0"),
     (["--out", "{tmp}/x.mp3"], 2, "unsupported output format .mp3: use .wav or .flac"),
     (["--out", "{tmp}/missing/x.wav"], 2, "does not exist: create it first"),
@@ -112,6 +113,7 @@ def test_render_with_the_tiny_model_and_a_prompt_script(tmp_path: Path) -> None:
     (["--model", "tiny", "--backend", "tpu"], 2, ["--backend tpu: allowed auto, cuda, mps, coreml, cpu"]),
     (["--model", "tiny", "--prompt", "rain:0.5 | "], 2, ["prompt"]),
     (["--model", "tiny", "--steps", "0"], 2, ["--steps: 0 out of range"]),
+    (["--model", "tiny", "--generator-nice", "25"], 2, ["--generator-nice 25: allowed 0..19"]),
     (["--model", "tiny", "--prompt", "a", "--prompt", "b", "--slots", "1"], 2, ["--prompt given 2 times for 1 slots"]),
 ])
 def test_generator_errors_are_one_line(tmp_path: Path, args: list[str], code: int, fragments: list[str]) -> None:

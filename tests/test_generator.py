@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def wait_for(client: GeneratorClient, kinds: tuple[type, ...], timeout: float = 
 
 @pytest.fixture
 def client():  # type: ignore[no-untyped-def]
-    c = GeneratorClient(WorkerSpec(model="tiny", sample_rate=SR, threads=1), hang_timeout=60)
+    c = GeneratorClient(WorkerSpec(model="tiny", sample_rate=SR, threads=1, nice=3), hang_timeout=60)
     c.start()
     yield c
     c.stop()
@@ -54,6 +55,9 @@ def test_worker_makes_normalised_clips_and_reports_progress(client: GeneratorCli
     assert np.isfinite(clip.audio).all()
     assert clip.loudness <= -20.0 + 1e-6 and np.abs(clip.audio).max() <= 10 ** (-1 / 20) + 1e-6
     assert client.state == "ready" and client.ready is not None and client.ready.model == "tiny"
+    # the worker runs below the instrument's priority (`endless play --generator-nice`, default 10)
+    assert client.pid is not None
+    assert os.getpriority(os.PRIO_PROCESS, client.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3)
     client.submit(req(2))  # the same seed and prompt: the same clip
     again = next(m for m in wait_for(client, (ClipReady,)) if isinstance(m, ClipReady))
     assert np.array_equal(again.audio, clip.audio)

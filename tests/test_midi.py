@@ -518,6 +518,43 @@ def test_learn_and_14bit_through_jack(jack: dict[str, str], tmp_path: Path) -> N
         midi.close()
 
 
+@pytest.mark.jack
+def test_immediate_applies_on_rtmidis_thread_when_the_engine_is_free(jack: dict[str, str]) -> None:
+    """`immediate` (what `endless play` uses): a CC through JACK changes the gain with no drain() on
+    this thread; while the control loop holds the engine's lock, it waits for the next drain."""
+    import threading
+
+    import mido
+
+    backend = mido.Backend(JACK_BACKEND, load=True)
+    e = engine()
+    client = f"endless{uuid.uuid4().hex[:6]}"
+    ctl_name = f"ctl{uuid.uuid4().hex[:6]}"
+    wake = threading.Event()
+    midi = MidiControl(MidiConfig(virtual=True, client_name=client, backend=JACK_BACKEND, immediate=True),
+                       surface('[[control]]\ncc = 7\ntarget = "/endless/slot/1/gain"\nmin = -60\nmax = 0\n'
+                               'takeover = "jump"\n'), wake=wake)
+    ctl = None
+    gain = ("slot/gain", 0)
+    try:
+        midi.start()
+        midi.attach(e)  # the control loop's first drain does this
+        ctl = backend.open_output("out", client_name=ctl_name)
+        subprocess.run(["jack_connect", f"{ctl_name}:out", f"{client}:in"], env=jack, check=True, timeout=10)
+        ctl.send(mido.Message("control_change", channel=0, control=7, value=0))
+        assert _wait(lambda: e.values[gain] == -60.0, 5)  # no tick: applied where it arrived
+        assert not wake.is_set() and len(midi.timing) == 1
+        with e.lock:  # the control loop is in its tick
+            ctl.send(mido.Message("control_change", channel=0, control=7, value=127))
+            assert wake.wait(5)
+            assert e.values[gain] == -60.0
+        assert midi.drain(e) == 1 and e.values[gain] == 0.0
+    finally:
+        if ctl is not None:
+            ctl.close()
+        midi.close()
+
+
 def test_config_errors_name_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="MIDO_BACKEND"):
         MidiControl(MidiConfig(backend="mido.backends.nope")).start()

@@ -597,6 +597,44 @@ def test_wait_returns_as_soon_as_a_message_arrives() -> None:
         server.stop()
 
 
+def test_immediate_applies_on_arrival_and_keeps_order_behind_a_busy_control_loop(serve: Any) -> None:
+    """`immediate` (what `endless play` uses): with the engine's lock free, a message is applied on
+    the receiver thread, with no drain(); while the control loop holds the lock it waits in the inbox,
+    and the next message that finds the lock free applies it first, so the order holds."""
+    e = mix_engine()
+    server, client = serve(e, immediate=True)
+    g1 = e.registry.resolve(G1)
+
+    def applied(value: float) -> bool:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with e.lock:
+                if e.values[(g1.param.key, g1.slot)] == value:
+                    return True
+            time.sleep(0.002)
+        return False
+
+    while e.mixer._cmds.pop() is not None:  # the clips' pushes: the audio thread would take them
+        pass
+    client.send(G1, -7.0)
+    assert applied(-7.0) and server.stats.immediate == 1
+    cmds = []
+    while (c := e.mixer._cmds.pop()) is not None:
+        cmds.append(c)
+    assert [c.value for c in cmds] == [-7.0]  # in the audio thread's ring
+    with e.lock:  # the control loop is busy: the message queues and wakes it
+        client.send(G1, -9.0)
+        assert server.wake.wait(5)
+        assert e.values[(g1.param.key, g1.slot)] == -7.0
+    client.send(G1, -11.0)  # finds the lock free: -9 first, then -11
+    assert applied(-11.0)
+    seen = []
+    while (c := e.mixer._cmds.pop()) is not None:
+        seen.append(c.value)
+    assert seen == [-9.0, -11.0]
+    assert server.drain(e) == 0  # nothing left for the control loop
+
+
 def test_reference_lists_every_server_and_status_address() -> None:
     text = reference("/endless")
     for a in SERVER_ADDRESSES:

@@ -1,11 +1,14 @@
 """MIDI input and feedback output through mido: ports, a watcher, the inbox, MIDI learn.
 
-Threads: python-rtmidi calls `_arrived` on its own thread for every message; it stamps the time
-(`time.monotonic()`, since mido drops rtmidi's timestamps) and appends to a bounded inbox, nothing
-else. A watcher thread lists the ports every `poll_seconds`: a port that vanished is reported and
-closed, one that (re)appears is opened. The control thread calls `drain(engine)`, which decodes and
-applies everything waiting through the mapping (`Surface`), so every change reaches the engine on
-the same thread as OSC and scripts. Feedback goes out from whichever thread changed a parameter.
+Threads: python-rtmidi calls `arrived` on its own thread for every message (with JACK, the JACK
+client's process thread); it stamps the time (`time.monotonic()`, since mido drops rtmidi's
+timestamps) and appends to a bounded inbox. With `MidiConfig.immediate` (what `endless play`
+uses) it then applies the inbox itself when `engine.lock` is free (the control loop is asleep):
+one thread hand-off less between a knob and the sound. Otherwise it wakes the control thread,
+which calls `drain(engine)` holding the lock; `drain` decodes and applies everything waiting
+through the mapping (`Surface`) in arrival order. A watcher thread lists the ports every
+`poll_seconds`: a port that vanished is reported and closed, one that (re)appears is opened.
+Feedback goes out from whichever thread changed a parameter.
 
 Ports are chosen by pattern: a case-insensitive part of the name, or a regular expression
 (`--midi-in nano --midi-in "^seq:"`); each pattern may open several ports. Our own ports are never
@@ -57,6 +60,7 @@ class MidiConfig:
     backend: str | None = None  # mido backend, e.g. "mido.backends.rtmidi/UNIX_JACK" (None: $MIDO_BACKEND)
     poll_seconds: float = 1.0  # how often the watcher looks for ports that vanished or came back
     inbox_size: int = 4096  # messages waiting for the control thread; more are dropped and counted
+    immediate: bool = False  # apply on the arriving thread when engine.lock is free (play() holds it per tick)
     learn_path: Path | None = None  # where learned controls go when the mapping has no file
 
 
@@ -183,6 +187,8 @@ class MidiControl:
         self.stats = MidiStats()
         self._backend: Any = None
         self._inbox: deque[MidiEvent] = deque()
+        # (arrival, applied) in time.monotonic_ns() of the latest changes (diagnostics, benchmarks)
+        self.timing: deque[tuple[int, int]] = deque(maxlen=4096)
         self._lock = threading.Lock()
         self._inputs: dict[str, _Port] = {}
         self._outputs: dict[str, _Port] = {}
@@ -339,13 +345,22 @@ class MidiControl:
     def _callback(self, port: str) -> Callable[[Any], None]:
         inbox, cap, stats, wake = self._inbox, self.cfg.inbox_size, self.stats, self.wake
 
-        def arrived(msg: Any) -> None:  # rtmidi's thread: stamp, queue, nothing else
+        def arrived(msg: Any) -> None:  # rtmidi's thread: stamp, queue; apply if immediate and free
             t = time.monotonic()
             stats.received += 1
             if len(inbox) >= cap:
                 stats.dropped += 1
                 return
             inbox.append(MidiEvent(t, port, tuple(msg.bytes())))
+            engine = self._engine
+            if self.cfg.immediate and engine is not None and engine.lock.acquire(blocking=False):
+                try:
+                    self.drain(engine)
+                except Exception as e:  # a bug: say so; the port keeps delivering
+                    log.exception("MIDI from %s: %r", port, e)
+                finally:
+                    engine.lock.release()
+                return
             if wake is not None:
                 wake.set()
 
@@ -388,7 +403,10 @@ class MidiControl:
             if self.surface is None:
                 continue
             try:
-                n += self.surface.handle(ev.data, engine, self.on_action)
+                changed = self.surface.handle(ev.data, engine, self.on_action)
+                if changed:
+                    self.timing.append((int(ev.t * 1e9), time.monotonic_ns()))
+                n += changed
             except EndlessError as e:
                 self.stats.errors += 1
                 self.on_event(f"MIDI {_hex(ev.data)} from {ev.port}: {e}")

@@ -1,14 +1,19 @@
 """The OSC server: UDP (and TCP with SLIP framing), its address space derived from the registry.
 
-Threads; the engine is touched on the control thread only:
+Threads; the engine is changed only by a thread holding `engine.lock`:
   receiver  one selector loop over the UDP socket, the TCP listener and its connections. It parses
             packets (python-osc), routes addresses through a Dispatcher built from the registry,
-            validates values with the registry, queues the work on the inbox, each message with
-            its sender, and sets the `wake` event (which other inputs may share).
-  control   the play loop calls `drain(engine)` each tick: it applies the inbox through
-            `Engine.handle`, so the engine and the mixer's command ring keep a single producer, and
-            builds the status snapshot (at most `status_hz` a second, coalesced: a new one only
-            once the last has been sent). Between ticks it sleeps on `wake` (or `wait()`).
+            and validates values with the registry. With `OscConfig.immediate` (what `endless
+            play` uses) it then applies the packet itself when the engine's lock is free (the
+            control loop is asleep, which is almost always): the change is in the mixer's command
+            ring ~40 us after the datagram is read, with no second thread to wake. Otherwise, and
+            whenever the control loop is busy, it queues the work on the inbox, each message with
+            its sender, and sets the `wake` event (which other inputs may share); queued work is
+            always applied first, so messages keep their order.
+  control   the play loop calls `drain(engine)` each tick (holding the lock): it applies the inbox
+            through `Engine.handle`, and builds the status snapshot (at most `status_hz` a second,
+            coalesced: a new one only once the last has been sent). Between ticks it sleeps on
+            `wake` (or `wait()`). Either way the mixer's command ring has one producer at a time.
   sender    encodes and sends everything outgoing: replies, errors, echoes, sync dumps, status.
 
 A malformed, unknown, wrongly typed or out-of-range message is answered on the sender's address
@@ -63,7 +68,7 @@ STATUS_REFRESH = 1.0  # seconds between full status frames (in between, only wha
 
 Msg = tuple[str, tuple[Any, ...]]
 RecordCallback = Callable[[bool, str | None], str]
-Action = Callable[[tuple[Any, ...]], object]  # runs on the control thread with the message's arguments
+Action = Callable[[tuple[Any, ...]], object]  # runs holding engine.lock, with the message's arguments
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class OscConfig:
     max_subscribers: int = 32
     max_connections: int = 16  # TCP clients at once
     inbox: int = 4096  # messages waiting for the control thread before new ones are refused
+    immediate: bool = False  # apply on the receiver thread when engine.lock is free (play() holds it per tick)
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,7 @@ class OscStats:
     handler_exceptions: int = 0  # bugs caught in a handler (logged with a traceback; the server goes on)
     refused_peers: int = 0  # packets and connections from addresses not allowed
     inbox_full: int = 0
+    immediate: int = 0  # packets applied on the receiver thread (OscConfig.immediate)
     releases_ignored: int = 0  # triggers with a 0 (button releases)
     sent: int = 0
     send_errors: int = 0
@@ -164,7 +171,7 @@ class Peer:
         return f"{'tcp' if self.conn is not None else 'udp'}:{self.host}:{self.port}"
 
 
-# -- work for the control thread ---------------------------------------------------------------------
+# -- work for whoever applies it (the control thread, or the receiver when immediate) ---------------
 @dataclass(frozen=True)
 class _Set:
     address: str  # the concrete address (a pattern's match)
@@ -228,9 +235,9 @@ class OscServer:
     the control loop calls `wait()` then `drain()`; `stop()` closes everything (idempotent).
 
     `on_record(start, name) -> path` starts or stops recording the output (the CLI provides it;
-    `name` is a checked bare file name or None); it runs on the control thread and raises an
+    `name` is a checked bare file name or None); it runs holding `engine.lock` and raises an
     EndlessError to refuse. `actions` adds addresses (paths below the prefix, e.g. "preset/recall")
-    whose callable runs on the control thread with the message's arguments: an EndlessError it
+    whose callable runs holding `engine.lock` with the message's arguments: an EndlessError it
     raises goes back as /error, a result other than None as `/done <address> <result>`. `wake` is
     set whenever work arrives; share one Event among inputs so one wait serves them all.
     `xruns`, once the audio runs, returns the output's underflow count for the status.
@@ -391,17 +398,7 @@ class OscServer:
         was done (changes, pings, dumps; not refusals, which the receiver answered)."""
         if engine is not None and engine is not self.engine:
             raise ValueError("drain() got another engine than the server was built for")
-        done = 0
-        while done < limit:
-            try:
-                job = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            done += 1
-            try:
-                self._run(job)
-            except Exception as e:  # a bug: count it, say so, keep the instrument playing
-                self._exception(job.peer, job.work[0].address, e)
+        done = self._run_queued(limit)
         if done == limit and not self._inbox.empty():
             self.wake.set()  # more is waiting: the next wait returns at once
         try:
@@ -411,6 +408,23 @@ class OscServer:
         except Exception as e:
             self._exception(None, f"{self.prefix}/status", e)
         return done
+
+    def _run_queued(self, limit: int) -> int:
+        done = 0
+        while done < limit:
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            done += 1
+            self._run_safe(job)
+        return done
+
+    def _run_safe(self, job: _Job) -> None:
+        try:
+            self._run(job)
+        except Exception as e:  # a bug: count it, say so, keep the instrument playing
+            self._exception(job.peer, job.work[0].address, e)
 
     def _run(self, job: _Job) -> None:
         if len(job.work) > 1:
@@ -474,7 +488,7 @@ class OscServer:
             self._outbox.put(_Out(d, msg))
 
     def _changed(self, ref: Ref, value: Value) -> None:
-        """Engine listener (control thread): every accepted change, from any input, to subscribers."""
+        """Engine listener (whoever holds engine.lock): every accepted change, from any input, to subscribers."""
         if self._subs:
             self._outbox.put(_Out(None, self._value_msgs(ref.param, ref.slot, value)))
 
@@ -624,7 +638,8 @@ class OscServer:
             self._subs.pop(conn.peer.key, None)
 
     def _packet(self, data: bytes, peer: Peer) -> None:
-        """Parse, route and validate one packet; queue its work and wake the control thread."""
+        """Parse, route and validate one packet; apply it now (immediate, engine free) or queue its work
+        and wake the control thread."""
         t = time.perf_counter_ns()
         self.stats.packets += 1
         try:
@@ -653,8 +668,18 @@ class OscServer:
             return
         if not work:
             return
+        job = _Job(peer, tuple(work), t)
+        lock = self.engine.lock
+        if self.config.immediate and lock.acquire(blocking=False):
+            try:  # the control loop is asleep: apply now, after anything it left waiting
+                self._run_queued(self.config.inbox)
+                self._run_safe(job)
+                self.stats.immediate += 1
+            finally:
+                lock.release()
+            return
         try:
-            self._inbox.put_nowait(_Job(peer, tuple(work), t))
+            self._inbox.put_nowait(job)
         except queue.Full:
             self.stats.inbox_full += 1
             for w in work:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
 import threading
 import time
 import traceback
@@ -57,6 +58,7 @@ class WorkerSpec:
     max_batch: int = 4
     allow_download: bool = False
     threads: int = 0  # torch CPU threads (0: torch's default)
+    nice: int = 0  # raise the worker's nice value by this much (>0: lower CPU priority than the audio and controls)
     coreml: bool = False  # macOS: the transformer through Core ML; falls back to `device` with the reason logged
     coreml_package: str | None = None  # None: the package `endless convert-coreml` wrote for `model`
     compute_units: str = "ALL"  # Core ML compute units: ALL, CPU_AND_GPU, CPU_AND_NE, CPU_ONLY
@@ -214,6 +216,9 @@ class _Child:
 def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None:
     """Entry point of the spawned process."""
     child = _Child(spec, inbox, outbox)
+    if spec.nice > 0 and hasattr(os, "nice"):  # the model may wait; the audio callback and a fader must not
+        with contextlib.suppress(OSError):
+            os.nice(spec.nice)
     try:
         child.run()
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
