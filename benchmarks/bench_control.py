@@ -124,6 +124,7 @@ def child_main(out_path: Path, gc_freeze: bool, generate: bool, nice: int, immed
         def __init__(self, *a: Any, **kw: Any) -> None:
             self.cb_t = np.zeros(n_cb, np.int64)
             self.cb_f = np.zeros(n_cb, np.int64)
+            self.cb_u = np.zeros(n_cb, np.bool_)  # PortAudio flagged an underflow (a JACK xrun)
             super().__init__(*a, **kw)
 
         def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -131,6 +132,7 @@ def child_main(out_path: Path, gc_freeze: bool, generate: bool, nice: int, immed
             if i < n_cb:
                 self.cb_t[i] = time.monotonic_ns()
                 self.cb_f[i] = self.mixer.frame
+                self.cb_u[i] = status.output_underflow
             super()._callback(outdata, frames, time_info, status)
 
     class Tap:
@@ -205,7 +207,7 @@ def child_main(out_path: Path, gc_freeze: bool, generate: bool, nice: int, immed
             gen_client.stop()
     out = outs[0]
     n = min(out.callbacks, n_cb)
-    np.savez(out_path, audio=tap.buf[:tap.pos], cb_t=out.cb_t[:n], cb_f=out.cb_f[:n],
+    np.savez(out_path, audio=tap.buf[:tap.pos], cb_t=out.cb_t[:n], cb_f=out.cb_f[:n], cb_u=out.cb_u[:n],
              delays=np.array(server.delays, np.int64), midi_timing=np.array(midi.timing, np.int64).reshape(-1, 2))
     st = engine.stats()
     print(json.dumps({"underflows": out.underflows, "callbacks": out.callbacks,
@@ -411,11 +413,15 @@ def main(argv: list[str] | None = None) -> int:
     p99 = {"osc": pct(res["osc"]["to_sample"], 99), "midi": pct(arrival, 99)}
     met = {k: bool(v <= TARGET_MS) for k, v in p99.items()}
     first = {name: float(np.sum(r["missed"] == 0) / len(r["ok"])) for name, r in res.items()}
+    # where the underflows fell: before the steps, during the OSC steps, during the MIDI steps, after
+    edges = [driven["sends"]["osc"][0], driven["sends"]["midi"][0], driven["sends"]["midi"][-1]]
+    under = np.bincount(np.searchsorted(edges, run["cb_t"][run["cb_u"]]), minlength=4).tolist()
     print(f"\nblocks of {BLOCK} frames ({BLOCK / RATE * 1000:.2f} ms); generator busy {summary['generator_busy']:.0%} "
           f"of control ticks ({summary['clips_generated']} clips, nice {args.generator_nice}); "
-          f"{summary['underflows']} underflows; {driven['status_messages']} status messages to the client; "
-          f"{summary['handler_exceptions']} handler exceptions; OSC applied on the receiver thread: "
-          f"{summary['applied_on_receiver']} of {summary['applied']}; steps lost (late past the next step, counted "
+          f"{summary['underflows']} underflows (before / during the OSC steps / the MIDI steps / after: "
+          f"{' / '.join(map(str, under))}); {driven['status_messages']} status messages to the client; "
+          f"{summary['handler_exceptions']} handler exceptions; OSC packets applied on arrival: "
+          f"{summary['applied_on_receiver']} ({summary['applied']} changes); steps lost (late past the next step, counted "
           f"as inf): {lost}; in the first callback after their send: OSC {first['osc']:.1%}, MIDI {first['midi']:.1%}; "
           f"load average {load[0]} -> {load[1]} on {os.cpu_count()} CPUs")
     for k, name in (("osc", "OSC send"), ("midi", "MIDI arrival")):
@@ -428,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                       "rows": [name for name, _ in rows], "latency_ms": lat, "child": summary,
                       "status_messages": driven["status_messages"], "loadavg": load, "cpus": os.cpu_count(),
                       "generator_nice": args.generator_nice, "immediate": not args.queued,
-                      "first_callback_share": {k: round(v, 4) for k, v in first.items()},
+                      "first_callback_share": {k: round(v, 4) for k, v in first.items()}, "underflows_by_phase": under,
                       "target": {"p99_ms_max": round(TARGET_MS, 3), "osc_p99_ms": _ms(p99["osc"]),
                                  "midi_p99_ms": _ms(p99["midi"])},
                       "target_met": all(met.values())}))
