@@ -521,7 +521,8 @@ def test_learn_and_14bit_through_jack(jack: dict[str, str], tmp_path: Path) -> N
 @pytest.mark.jack
 def test_immediate_applies_on_rtmidis_thread_when_the_engine_is_free(jack: dict[str, str]) -> None:
     """`immediate` (what `endless play` uses): a CC through JACK changes the gain with no drain() on
-    this thread; while the control loop holds the engine's lock, it waits for the next drain."""
+    this thread; while the control loop holds the engine's lock, it waits for the next drain, and
+    so does a note."""
     import threading
 
     import mido
@@ -533,7 +534,8 @@ def test_immediate_applies_on_rtmidis_thread_when_the_engine_is_free(jack: dict[
     wake = threading.Event()
     midi = MidiControl(MidiConfig(virtual=True, client_name=client, backend=JACK_BACKEND, immediate=True),
                        surface('[[control]]\ncc = 7\ntarget = "/endless/slot/1/gain"\nmin = -60\nmax = 0\n'
-                               'takeover = "jump"\n'), wake=wake)
+                               'takeover = "jump"\n[[control]]\nnote = 48\ntarget = "/endless/slot/2/mute"\n'),
+                       wake=wake)
     ctl = None
     gain = ("slot/gain", 0)
     try:
@@ -549,6 +551,11 @@ def test_immediate_applies_on_rtmidis_thread_when_the_engine_is_free(jack: dict[
             assert wake.wait(5)
             assert e.values[gain] == -60.0
         assert midi.drain(e) == 1 and e.values[gain] == 0.0
+        # a note (it may be a preset trigger: files) always goes through the control thread
+        wake.clear()
+        ctl.send(mido.Message("note_on", channel=0, note=48, velocity=100))
+        assert wake.wait(5) and e.values[("slot/mute", 1)] is False
+        assert midi.drain(e) == 1 and e.values[("slot/mute", 1)] is True
     finally:
         if ctl is not None:
             ctl.close()

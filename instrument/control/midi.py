@@ -3,8 +3,10 @@
 Threads: python-rtmidi calls `arrived` on its own thread for every message (with JACK, the JACK
 client's process thread); it stamps the time (`time.monotonic()`, since mido drops rtmidi's
 timestamps) and appends to a bounded inbox. With `MidiConfig.immediate` (what `endless play`
-uses) it then applies the inbox itself when `engine.lock` is free (the control loop is asleep):
-one thread hand-off less between a knob and the sound. Otherwise it wakes the control thread,
+uses) a control change then applies the inbox itself when `engine.lock` is free (the control loop
+is asleep): one thread hand-off less between a knob and the sound (notes and program changes,
+which may recall presets, and anything during MIDI learn stay with the control thread, so no
+file is read or written on MIDI's thread). Otherwise it wakes the control thread,
 which calls `drain(engine)` holding the lock; `drain` decodes and applies everything waiting
 through the mapping (`Surface`) in arrival order. A watcher thread lists the ports every
 `poll_seconds`: a port that vanished is reported and closed, one that (re)appears is opened.
@@ -351,9 +353,14 @@ class MidiControl:
             if len(inbox) >= cap:
                 stats.dropped += 1
                 return
-            inbox.append(MidiEvent(t, port, tuple(msg.bytes())))
+            data = tuple(msg.bytes())
+            inbox.append(MidiEvent(t, port, data))
             engine = self._engine
-            if self.cfg.immediate and engine is not None and engine.lock.acquire(blocking=False):
+            # control changes only (faders, knobs, encoders: what must feel attached); notes and
+            # program changes may recall a preset or save a learned mapping (file I/O), which stays
+            # off this thread, as does everything while learning
+            if (self.cfg.immediate and engine is not None and 0xB0 <= data[0] <= 0xBF and self._learner is None
+                    and engine.lock.acquire(blocking=False)):
                 try:
                     self.drain(engine)
                 except Exception as e:  # a bug: say so; the port keeps delivering
