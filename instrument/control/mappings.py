@@ -16,21 +16,14 @@ Everything here is pure: raw MIDI bytes in, parameter values out, on the control
 from __future__ import annotations
 
 import math
-import os
-import sys
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from instrument.control.tomlfile import check_keys, read_versioned, toml_value
 from instrument.errors import ConfigError, ParamError
 from instrument.params import DEFAULT_PREFIX, Param, Ref, Registry, Value
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 if TYPE_CHECKING:
     from instrument.engine import Engine
@@ -56,6 +49,9 @@ LEARN_WINDOW = 0.25  # seconds of CC messages MIDI learn looks at to tell CC, 14
 HitKind = Literal["abs", "rel", "press", "release", "program"]
 Midi = Sequence[int]  # one message's bytes: (status, data1[, data2])
 ActionSink = Callable[[str, str | int | None, float | None], None]  # (action, preset, glide)
+
+
+_SEE = " (see docs/mappings.md)"
 
 
 # == the format: one table of keys, read by the parser and by the generated reference =============
@@ -189,14 +185,8 @@ def load_mapping(path: Path, registry: Registry) -> Mapping:
 
 
 def parse_mapping(text: str, where: str, registry: Registry) -> Mapping:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{where}: not valid TOML: {e}") from None
-    _keys(doc, FILE_KEYS, where)
-    if doc.get("version") != VERSION:
-        raise ConfigError(f"{where}: version = {doc.get('version')!r}: this instrument reads version = {VERSION} "
-                          "(put `version = 1` at the top)")
+    doc = read_versioned(text, where, (k.name for k in FILE_KEYS), VERSION, ConfigError, _SEE,
+                         f" (put `version = {VERSION}` at the top)")
     channel = _channel(doc.get("channel", "any"), f"{where}: channel")
     m = Mapping(None, _text(doc, "name", where), _text(doc, "description", where), channel)
     controls = doc.get("control", [])
@@ -357,10 +347,7 @@ def _preset_triggers(t: object, where: str, file_channel: int | None) -> PresetT
 
 
 def _keys(t: dict[str, Any], allowed: Sequence[Key], where: str) -> None:
-    names = [k.name for k in allowed]
-    for k in t:
-        if k not in names:
-            raise ConfigError(f"{where}: unknown key {k!r}: allowed {', '.join(names)} (see docs/mappings.md)")
+    check_keys(t, (k.name for k in allowed), where, ConfigError, _SEE)
 
 
 def _channel(v: object, where: str) -> int | None:
@@ -404,33 +391,6 @@ def _preset_ref(v: object, where: str) -> str | int:
 
 
 # == writing (MIDI learn saves through these; writes are atomic) ===================================
-def toml_value(v: object) -> str:
-    """A value as TOML (the subset mappings and presets use).
-
-    >>> toml_value({36: "dawn", 38: 2}), toml_value([1.5, True])
-    ('{ 36 = "dawn", 38 = 2 }', '[1.5, true]')
-    """
-    import json
-
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        if not math.isfinite(v):
-            raise ValueError(f"{v!r} has no TOML form here")
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)  # JSON's escapes are all valid in TOML basic strings
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{_toml_key(str(k))} = {toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"{v!r} has no TOML form here")
-
-
-def _toml_key(k: str) -> str:
-    return k if k and all(c.isalnum() or c in "_-" for c in k) and k.isascii() else toml_value(k)
-
-
 def format_control(b: Binding) -> str:
     """A `[[control]]` block, writing only what differs from the defaults."""
     lines = ["[[control]]"]
@@ -466,21 +426,6 @@ def mapping_to_toml(m: Mapping) -> str:
     for b in m.controls:
         text += "\n" + format_control(b)
     return text
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a temporary file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # == decoding =======================================================================================

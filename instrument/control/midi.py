@@ -40,8 +40,8 @@ from instrument.control.mappings import (
     format_control,
     mapping_to_toml,
     resolve_target,
-    write_atomic,
 )
+from instrument.control.tomlfile import write_atomic
 from instrument.errors import ConfigError, EndlessError, ParamError
 from instrument.params import Ref, Value
 

@@ -17,20 +17,14 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from instrument.control.mappings import toml_value, write_atomic
+from instrument.control.tomlfile import read_versioned, toml_value, write_atomic
 from instrument.errors import ParamError
 from instrument.params import Param, Ref, Registry, Value
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 if TYPE_CHECKING:
     from instrument.control.midi import MidiControl
@@ -104,13 +98,7 @@ class RecallResult:
 # == the file format ===============================================================================
 def parse_preset(text: str, where: str, registry: Registry, slug: str = "") -> Preset:
     """Read a preset; every value is checked against the registry, so a recall never half-applies."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ParamError(f"{where}: not valid TOML: {e}") from None
-    _keys(doc, TOP_KEYS, where)
-    if doc.get("version") != VERSION:
-        raise ParamError(f"{where}: version = {doc.get('version')!r}: this instrument reads version = {VERSION}")
+    doc = read_versioned(text, where, TOP_KEYS, VERSION, ParamError)
     name = doc.get("name", slug)
     if not isinstance(name, str):
         raise ParamError(f"{where}: name = {name!r}: allowed text in quotes")
@@ -134,12 +122,6 @@ def parse_preset(text: str, where: str, registry: Registry, slug: str = "") -> P
     desc = doc.get("description", "")
     return Preset(name, slug, None if glide is None else float(glide), globals_, slots,
                   desc if isinstance(desc, str) else "")
-
-
-def _keys(t: dict[str, Any], allowed: Sequence[str], where: str) -> None:
-    for k in t:
-        if k not in allowed:
-            raise ParamError(f"{where}: unknown key {k!r}: allowed {', '.join(allowed)}")
 
 
 def _value(registry: Registry, table: dict[str, Param], key: str, raw: object, slot: int | None,
