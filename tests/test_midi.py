@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -371,12 +372,40 @@ def jack(jack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[
     yield jack_env
 
 
-def _spawn(args: list[str], env: dict[str, str], procs: list[subprocess.Popen[str]],
-           out: bool = False) -> subprocess.Popen[str]:
-    p = subprocess.Popen(args, env=env, text=True,
-                         stdout=subprocess.PIPE if out else subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    procs.append(p)
-    return p
+@pytest.fixture
+def spawn(jack: dict[str, str]) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start a JACK tool (`jack_midiseq`, `jack_midi_dump`) on the test's server; all stopped after."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(args: list[str], out: bool = False) -> subprocess.Popen[str]:
+        p = subprocess.Popen(args, env=jack, text=True,
+                             stdout=subprocess.PIPE if out else subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(10)
+
+
+@pytest.fixture
+def controller(jack: dict[str, str]) -> Iterator[Callable[[str], Any]]:
+    """A controller: a mido JACK output port of this test, connected to `client:in`; closed after."""
+    import mido
+
+    ports: list[Any] = []
+
+    def connect(client: str) -> Any:
+        name = f"ctl{uuid.uuid4().hex[:6]}"
+        port = mido.Backend(JACK_BACKEND, load=True).open_output("out", client_name=name)
+        ports.append(port)
+        subprocess.run(["jack_connect", f"{name}:out", f"{client}:in"], env=jack, check=True, timeout=10)
+        return port
+
+    yield connect
+    for port in ports:
+        port.close()
 
 
 def _wait(cond: Callable[[], bool], timeout: float, tick: Callable[[], object] = lambda: None) -> bool:
@@ -395,7 +424,8 @@ def _jack_ports(env: dict[str, str]) -> list[str]:
 
 
 @pytest.mark.jack
-def test_jack_midiseq_recalls_a_preset_through_a_virtual_port(jack: dict[str, str], tmp_path: Path) -> None:
+def test_jack_midiseq_recalls_a_preset_through_a_virtual_port(jack: dict[str, str], spawn: Any,
+                                                              tmp_path: Path) -> None:
     """A real sequencer (jack_midiseq, looping note 36 on channel 1) connected to our virtual input
     with jack_connect recalls a preset through the mapping's note map; feedback goes out of our
     virtual output to jack_midi_dump."""
@@ -408,19 +438,17 @@ def test_jack_midiseq_recalls_a_preset_through_a_virtual_port(jack: dict[str, st
     client = f"endless{uuid.uuid4().hex[:6]}"
     midi = MidiControl(MidiConfig(virtual=True, client_name=client, backend=JACK_BACKEND),
                        Surface(mapping, reg), actions.midi_action, on_event=lambda s: None)
-    procs: list[subprocess.Popen[str]] = []
     seq = f"seq{uuid.uuid4().hex[:6]}"
     dump_name = f"dump{uuid.uuid4().hex[:6]}"
     try:
         midi.start()
         assert {midi.virtual_in, midi.virtual_out} == {f"{client}:in", f"{client}-feedback:out"}
         assert {midi.virtual_in, midi.virtual_out} <= set(_jack_ports(jack))
-        dump = _spawn(["jack_midi_dump", dump_name], jack, procs, out=True)
-        _spawn(["jack_midiseq", seq, "11025", "0", "36", "2000"], jack, procs)  # 36 every 0.25 s
+        dump = spawn(["jack_midi_dump", dump_name], out=True)
+        spawn(["jack_midiseq", seq, "11025", "0", "36", "2000"])  # 36 every 0.25 s
         assert _wait(lambda: f"{seq}:out" in _jack_ports(jack) and f"{dump_name}:input" in _jack_ports(jack), 10)
-        env = jack
-        subprocess.run(["jack_connect", f"{seq}:out", f"{client}:in"], env=env, check=True, timeout=10)
-        subprocess.run(["jack_connect", midi.virtual_out, f"{dump_name}:input"], env=env, check=True, timeout=10)
+        subprocess.run(["jack_connect", f"{seq}:out", f"{client}:in"], env=jack, check=True, timeout=10)
+        subprocess.run(["jack_connect", midi.virtual_out, f"{dump_name}:input"], env=jack, check=True, timeout=10)
         assert e.values[("slot/gain", 0)] == 0.0
         assert _wait(lambda: actions.current == "storm-front", 5, lambda: midi.drain(e))
         assert e.values[("slot/gain", 1)] == 0.0 and e.values[("slot/gain", 0)] == -2.0
@@ -433,13 +461,10 @@ def test_jack_midiseq_recalls_a_preset_through_a_virtual_port(jack: dict[str, st
         assert "b0 09 00" in text.lower()
     finally:
         midi.close()
-        for p in procs:
-            p.terminate()
-            p.wait(10)
 
 
 @pytest.mark.jack
-def test_port_by_pattern_vanishes_and_returns(jack: dict[str, str]) -> None:
+def test_port_by_pattern_vanishes_and_returns(spawn: Any) -> None:
     e = engine()
     reg = e.registry
     s = Surface(parse_mapping('version = 1\n[[control]]\nnote = 40\ntarget = "/endless/slot/2/mute"\n'
@@ -449,49 +474,40 @@ def test_port_by_pattern_vanishes_and_returns(jack: dict[str, str]) -> None:
     other = f"Other{uuid.uuid4().hex[:6]}"
     midi = MidiControl(MidiConfig(inputs=(f"^{seq}:", other.lower()), backend=JACK_BACKEND, poll_seconds=0.2,
                                   client_name=f"endless{uuid.uuid4().hex[:6]}"), s, on_event=events.append)
-    procs: list[subprocess.Popen[str]] = []
     args = ["jack_midiseq", seq, "4410", "0", "40", "2000"]  # note 40 on for 2000 of every 4410 samples
     try:
         midi.start()
         assert midi.inputs == [] and sum("no MIDI input matches" in ev for ev in events) == 2
-        first = _spawn(args, jack, procs)
-        _spawn(["jack_midiseq", other, "44100", "0", "50", "100"], jack, procs)  # a regex and a name part
+        first = spawn(args)
+        spawn(["jack_midiseq", other, "44100", "0", "50", "100"])  # a regex and a name part
         assert _wait(lambda: midi.inputs == sorted([f"{seq}:out", f"{other}:out"]), 10)
         assert _wait(lambda: midi.stats.applied >= 2, 5, lambda: midi.drain(e))
         first.terminate()
         first.wait(10)
         assert _wait(lambda: any("disappeared" in ev for ev in events), 10) and midi.inputs == [f"{other}:out"]
         applied = midi.stats.applied
-        _spawn(args, jack, procs)
+        spawn(args)
         assert _wait(lambda: any("is back" in ev for ev in events), 10)
         assert _wait(lambda: midi.stats.applied >= applied + 2, 5, lambda: midi.drain(e))
         assert midi.stats.vanished == 1 and midi.stats.opened == 3
     finally:
         midi.close()
-        for p in procs:
-            p.terminate()
-            p.wait(10)
 
 
 @pytest.mark.jack
-def test_learn_and_14bit_through_jack(jack: dict[str, str], tmp_path: Path) -> None:
+def test_learn_and_14bit_through_jack(controller: Any, tmp_path: Path) -> None:
     """A controller (a mido port of this test) sends a 14-bit CC pair: learn binds it, then it plays."""
     import mido
 
-    backend = mido.Backend(JACK_BACKEND, load=True)
     e = engine()
     reg = e.registry
     client = f"endless{uuid.uuid4().hex[:6]}"
-    ctl_name = f"ctl{uuid.uuid4().hex[:6]}"
     midi = MidiControl(MidiConfig(virtual=True, client_name=client, backend=JACK_BACKEND,
                                   learn_path=tmp_path / "learned.toml"),
                        Surface(parse_mapping("version = 1\n", "t", reg), reg), on_event=lambda s: None)
-    ctl = None
     try:
         midi.start()
-        ctl = backend.open_output("out", client_name=ctl_name)
-        env = jack
-        subprocess.run(["jack_connect", f"{ctl_name}:out", f"{client}:in"], env=env, check=True, timeout=10)
+        ctl = controller(client)
         midi.learn("/endless/morph/x")
         for msb, lsb in ((60, 0), (61, 0)):
             ctl.send(mido.Message("control_change", channel=4, control=2, value=msb))
@@ -513,13 +529,11 @@ def test_learn_and_14bit_through_jack(jack: dict[str, str], tmp_path: Path) -> N
         assert _wait(lambda: e.transport.running and e.transport.source == "midi", 5, lambda: midi.drain(e))
         assert e.transport.bpm == pytest.approx(125, rel=0.1)
     finally:
-        if ctl is not None:
-            ctl.close()
         midi.close()
 
 
 @pytest.mark.jack
-def test_immediate_applies_on_rtmidis_thread_when_the_engine_is_free(jack: dict[str, str]) -> None:
+def test_immediate_applies_on_rtmidis_thread_when_the_engine_is_free(controller: Any) -> None:
     """`immediate` (what `endless play` uses): a CC through JACK changes the gain with no drain() on
     this thread; while the control loop holds the engine's lock, it waits for the next drain, and
     so does a note."""
@@ -527,22 +541,18 @@ def test_immediate_applies_on_rtmidis_thread_when_the_engine_is_free(jack: dict[
 
     import mido
 
-    backend = mido.Backend(JACK_BACKEND, load=True)
     e = engine()
     client = f"endless{uuid.uuid4().hex[:6]}"
-    ctl_name = f"ctl{uuid.uuid4().hex[:6]}"
     wake = threading.Event()
     midi = MidiControl(MidiConfig(virtual=True, client_name=client, backend=JACK_BACKEND, immediate=True),
                        surface('[[control]]\ncc = 7\ntarget = "/endless/slot/1/gain"\nmin = -60\nmax = 0\n'
                                'takeover = "jump"\n[[control]]\nnote = 48\ntarget = "/endless/slot/2/mute"\n'),
                        wake=wake)
-    ctl = None
     gain = ("slot/gain", 0)
     try:
         midi.start()
         midi.attach(e)  # the control loop's first drain does this
-        ctl = backend.open_output("out", client_name=ctl_name)
-        subprocess.run(["jack_connect", f"{ctl_name}:out", f"{client}:in"], env=jack, check=True, timeout=10)
+        ctl = controller(client)
         ctl.send(mido.Message("control_change", channel=0, control=7, value=0))
         assert _wait(lambda: e.values[gain] == -60.0, 5)  # no tick: applied where it arrived
         assert not wake.is_set() and len(midi.timing) == 1
@@ -557,8 +567,6 @@ def test_immediate_applies_on_rtmidis_thread_when_the_engine_is_free(jack: dict[
         assert wake.wait(5) and e.values[("slot/mute", 1)] is False
         assert midi.drain(e) == 1 and e.values[("slot/mute", 1)] is True
     finally:
-        if ctl is not None:
-            ctl.close()
         midi.close()
 
 
