@@ -1,4 +1,4 @@
-"""A look-ahead safety limiter, real-time safe (no allocation after construction).
+"""A look-ahead safety limiter: the numpy core's (the C core runs the same method in mixcore.c).
 
 The output never exceeds the ceiling (default -1 dBFS). It is transparent below the ceiling: the
 gain is exactly 1 until a peak would cross it. Attack is a linear-in-dB ramp across the

@@ -1,8 +1,11 @@
 """The real-time mixer: N slots of crossfading clip queues, gains, morph, limiter.
 
 Runs on the audio thread (PortAudio's callback, or the offline renderer's loop). Rules here:
-no buffer allocation after construction (only views and out= arithmetic), no locks, no logging,
-no I/O. Commands arrive through two SPSC rings (immediate, and timed by output frame); retired
+no locks, no logging, no I/O, no buffers allocated per block by the C core (it writes into
+buffers made at construction; the Python around it makes small objects: a cffi view of the
+output per callback, a Command's fields). The numpy core is not allocation-free: numpy makes
+conversion buffers for mixed-precision out= arithmetic (~10-20 KB a block while fading or
+limiting). Commands arrive through two SPSC rings (immediate, and timed by output frame); retired
 clip buffers leave through a return ring so the audio thread never frees them; counters are
 plain attributes that the control side reads.
 
@@ -15,9 +18,10 @@ Two cores behind one class, chosen when a Mixer is built (python-rtmixer's split
          keeps the command rings, applies commands by writing the C state, and owns the clip
          arrays whose pointers C holds.
   numpy  the same state machine in numpy, used when the compiled module is missing or
-         ENDLESS_PURE_PYTHON=1. 20-50x the cost per block (benchmarks/bench_mixer.py); fine
-         for offline renders and a few slots live.
-The two agree up to float rounding; each is block-size independent bit for bit.
+         ENDLESS_PURE_PYTHON=1. ~25x the cost per block (909 vs 34-41 us for 16 slots at 256
+         frames: python benchmarks/bench_mixer.py); fine for offline renders and a few slots live.
+The two agree up to float rounding (their fade curves use different sin/cos; the test's inputs
+come out bit-identical below the ceiling); each is block-size independent bit for bit.
 """
 
 from __future__ import annotations
@@ -158,8 +162,6 @@ class Mixer:
         self.frame = 0  # output frames produced so far
         # commands pushed (control side) and popped (audio side) per ring: equal counts let the
         # audio thread skip the rings without a method call
-        self._cmds_sent = self._cmds_taken = 0
-        self._timed_sent = self._timed_taken = 0
         self.return_overflows = 0
         self.clips_dropped = 0
         self._ops = {
@@ -174,14 +176,8 @@ class Mixer:
     def send(self, cmd: Command) -> bool:
         """Queue a command for the next block (False: the ring is full; nothing was queued)."""
         if cmd.frame >= 0:
-            if not self._timed.push(cmd):
-                return False
-            self._timed_sent += 1  # after the push: the audio thread looks at the ring once it sees this
-        else:
-            if not self._cmds.push(cmd):
-                return False
-            self._cmds_sent += 1
-        return True
+            return self._timed.push(cmd)
+        return self._cmds.push(cmd)
 
     def returned(self) -> list[np.ndarray]:
         """Clip buffers the audio thread is done with (control side frees or archives them)."""
@@ -189,9 +185,6 @@ class Mixer:
         while (c := self._returns.pop()) is not None:
             out.append(c)
         return out
-
-    def queue_depth(self, slot: int) -> int:
-        return self.slots[slot].q_count
 
     def buffered_frames(self, slot: int) -> int:
         """Frames of audio ready for a slot: the rest of what plays now plus its queue."""
@@ -214,7 +207,6 @@ class Mixer:
             c = cmds.pop()
             if c is None:
                 break
-            self._cmds_taken += 1
             self._apply(c)
         n_total = out.shape[0]
         maxb = self.cfg.max_block
@@ -229,7 +221,6 @@ class Mixer:
                     self._render(out[pos:at])
                     pos = at
                 timed.pop()
-                self._timed_taken += 1
                 self._apply(c)
                 continue
             self._render(out if pos == 0 and end == n_total else out[pos:end])
@@ -693,16 +684,13 @@ class _CSlot:
 class _CLimiter:
     """The C core's limiter, as the control side reads it."""
 
-    def __init__(self, st: Any, ceiling_db: float) -> None:
+    def __init__(self, st: Any) -> None:
         self._st = st
-        self.ceiling_db = ceiling_db
-        self.ceiling = 10.0 ** (ceiling_db / 20.0)
-        self.L = int(st.lim.L)
 
     @property
     def latency(self) -> int:
         """Delay in samples added by the look-ahead."""
-        return self.L
+        return int(self._st.lim.L)
 
     @property
     def reducing(self) -> float:
@@ -727,7 +715,7 @@ class _CMixer(Mixer):
             raise MemoryError("mixer: cannot allocate the C core's state")
         self._st = ffi.gc(st, lib.mc_free)
         self.slots = [_CSlot(i, self._st.slots[i], self._st) for i in range(cfg.slots)]
-        self.limiter = _CLimiter(self._st, cfg.ceiling_db)
+        self.limiter = _CLimiter(self._st)
         self._retired = self._st.retired
         # the clip arrays whose pointers C holds, by clip id; only the audio thread touches this
         self._clips: list[np.ndarray | None] = [None] * (cfg.slots * (cfg.queue_capacity + 2))
@@ -758,12 +746,13 @@ class _CMixer(Mixer):
     def process(self, out: np.ndarray) -> None:
         # In a callback every Python operation runs with cold caches (~1 us each, 10x the warm
         # cost), so the usual case (no command due, one sub-block, an n x 2 C-contiguous float32
-        # buffer) is _render inlined, with nothing else: the rings are not even looked at unless
-        # their counts say something was sent.
+        # buffer) is _render inlined, with nothing else: a ring's items are not looked at unless its
+        # positions say something is in it.
         n = len(out)
-        if self._cmds_sent == self._cmds_taken and n <= self._maxb and out.dtype is _F32:
-            if self._timed_sent != self._timed_taken:
-                t = self._timed.peek()
+        cmds, timed = self._cmds, self._timed
+        if cmds._w == cmds._r and n <= self._maxb and out.dtype is _F32:
+            if timed._w != timed._r:
+                t = timed.peek()
                 if t is not None and t.frame < self.frame + n:
                     self._process(out)
                     return
@@ -868,7 +857,7 @@ def _choose_core() -> type[Mixer]:
         return _NumpyMixer
     if _CORE is None:
         _log_once("missing", logging.WARNING, "mixer: the compiled core is not available (%s): using the numpy "
-                  "core, which costs ~15x more per block; `pip install -e .` builds it", _CORE_ERROR)
+                  "core, which costs ~25x more per block; `pip install -e .` builds it", _CORE_ERROR)
         return _NumpyMixer
     _log_once("c", logging.DEBUG, "mixer: compiled C core (%s)", _CORE.__file__)
     return _CMixer

@@ -51,9 +51,6 @@ class SpscRing(Generic[T]):
         self._r = r + 1 if r + 1 < self._n else 0
         return item
 
-    def __len__(self) -> int:
-        return (self._w - self._r) % self._n
-
 
 class FrameRing:
     """A preallocated SPSC ring of audio frames (the recorder's tap). The writer never blocks:
