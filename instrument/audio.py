@@ -101,7 +101,6 @@ class Output:
         self.recorder = recorder
         self.record_left = -1 if record_frames is None else record_frames
         self.underflows = 0
-        self.first_underflow = -1  # the callback index of the first one (start-up or steady state?)
         self.callbacks = 0
         self.timings = timings  # optional preallocated int64 array: callback cost in ns, ring
         sd = _sd()
@@ -116,8 +115,6 @@ class Output:
     def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         t0 = time.perf_counter_ns()
         if status.output_underflow:
-            if self.underflows == 0:
-                self.first_underflow = self.callbacks
             self.underflows += 1
         self.mixer.process(outdata)
         rec = self.recorder
@@ -151,17 +148,18 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
          stop: threading.Event | None = None) -> PlaySummary:
     """Play until `seconds` of output have been produced (None: until Ctrl-C or `stop` is set).
 
-    The control loop: `ticks` (OSC and MIDI inboxes, drained on this thread), due script events,
+    The control loop: `ticks` (what OSC and MIDI left in their inboxes), due script events,
     timed changes handed to the mixer, clip queues topped up, status; it sleeps 10 ms, or less
     when `wake` is set by an arriving message. Each tick holds `engine.lock`. `output_cls`: an
     Output subclass to play through (benchmarks time its callbacks)."""
     sr = engine.cfg.sample_rate
-    if engine.generator is not None:
-        log.info("loading the model (the first start of a CUDA backend also compiles it)...")
-        engine.generator.wait_ready()
-    engine.apply_due(0)
-    engine.schedule_script(int(lookahead * sr))
-    engine.pump()
+    with engine.lock:  # inputs may already be live (OSC started first): they queue meanwhile
+        if engine.generator is not None:
+            log.info("loading the model (the first start of a CUDA backend also compiles it)...")
+            engine.generator.wait_ready()
+        engine.apply_due(0)
+        engine.schedule_script(int(lookahead * sr))
+        engine.pump()
     limit = None if seconds is None else int(round(seconds * sr))
     out = (output_cls or Output)(engine, device, blocksize, latency, recorder, limit)
     if on_output is not None:
@@ -179,16 +177,16 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     try:
         with out:
             while (limit is None or engine.mixer.frame < limit) and not (stop is not None and stop.is_set()):
-                with engine.lock:  # an input thread may apply a message between ticks (OscConfig.immediate)
+                with engine.lock:  # input threads apply messages between ticks (OSC and MIDI `immediate`)
                     for tick in ticks:
                         tick(engine)
                     engine.apply_due(engine.mixer.frame)
                     engine.schedule_script(engine.mixer.frame + int(lookahead * sr))
                     engine.pump()
-                    now = time.monotonic()
-                    if status is not None and now - last_status > 0.25:
-                        status(engine, out)
-                        last_status = now
+                now = time.monotonic()
+                if status is not None and now - last_status > 0.25:  # a terminal write: not under the lock
+                    status(engine, out)
+                    last_status = now
                 if wake is not None:
                     wake.wait(0.01)
                     wake.clear()

@@ -1,10 +1,10 @@
 """The control side of the instrument: parameter state, commands to the mixer, clip feeding.
 
-One Engine owns one Mixer. Everything that changes the sound (scripts now; OSC, MIDI and presets
-later) goes through `Engine.set`, which validates against the registry first, so a bad message
-changes nothing. `pump()` keeps every slot's queue topped up from the clip source and takes back
-the buffers the audio thread retired; it runs on the control thread (live) or between blocks
-(offline render), never on the audio thread.
+One Engine owns one Mixer. Everything that changes the sound (scripts, OSC, MIDI, presets) goes
+through `Engine.set`, which validates against the registry first, so a bad message changes
+nothing. `pump()` keeps every slot's queue topped up from the clip source and takes back the
+buffers the audio thread retired; it runs on the control loop (live) or between blocks (offline
+render), never on the audio thread. Live, whoever changes the engine holds `engine.lock`.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class Engine:
         self.buffers_returned = 0
         self.clip_log: deque[ClipEvent] = deque(maxlen=10000)
         # Held by whoever changes the engine: the control loop for each tick (`play()`), and an
-        # input thread applying a message the moment it arrives (OscServer with `immediate`).
+        # input thread applying a message the moment it arrives (OSC and MIDI with `immediate`).
         # Never taken by the audio thread, which sees the engine only through the mixer's rings.
         self.lock = threading.RLock()
 
@@ -131,9 +131,6 @@ class Engine:
         self.last_change_frame = frame if frame >= 0 else self.mixer.frame
         for fn in self.listeners:
             fn(ref, value)
-
-    def get(self, key: str, slot: int | None = None) -> Value:
-        return self.values[(key, slot)]
 
     def check(self, ref: Ref, value: Value) -> None:
         """Raise ParamError for what `set` would refuse after the registry accepted the value (no

@@ -120,7 +120,7 @@ class Recorder:
 
 
 class RecordSwitch:
-    """OSC `/endless/record`: start and stop a Recorder on the running Output (control thread)."""
+    """OSC `/endless/record`: start and stop a Recorder on the running Output (holding engine.lock)."""
 
     def __init__(self, folder: Path, sample_rate: int) -> None:
         self.folder = folder

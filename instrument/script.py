@@ -82,7 +82,8 @@ def load_script(path: Path, registry: Registry) -> list[Event]:
 class ControlLog:
     """`endless play --log-control FILE`: every accepted control change, with the output time it
     took effect, in the script format; `endless render --script FILE` re-renders the performance.
-    Written from the control thread, one flushed line per change (a crash loses nothing)."""
+    Written by whoever holds engine.lock (the control loop, or an input thread applying a message
+    at once), one flushed line per change (a crash loses nothing)."""
 
     def __init__(self, path: Path, engine: Engine) -> None:
         try:

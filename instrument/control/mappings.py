@@ -631,6 +631,8 @@ class Surface:
             else:
                 self.bound.append(_Bound(b, None if b.target in ACTIONS else resolve_target(b.target, self.registry)))
         self.decoder = Decoder([bd.binding for bd in self.bound])
+        # a control change may trigger an action (a preset recall: files), not only set a parameter
+        self.cc_actions = any(bd.ref is None and bd.binding.source in ("cc", "cc14", "nrpn") for bd in self.bound)
         self._sent: dict[int, Value] = {}  # binding -> the value it last set
         self._pos: dict[int, float] = {}  # binding -> the position it last set (relative encoders)
         self._prev: dict[int, float] = {}  # binding -> its previous absolute position (crossing)

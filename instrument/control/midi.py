@@ -3,10 +3,11 @@
 Threads: python-rtmidi calls `arrived` on its own thread for every message (with JACK, the JACK
 client's process thread); it stamps the time (`time.monotonic()`, since mido drops rtmidi's
 timestamps) and appends to a bounded inbox. With `MidiConfig.immediate` (what `endless play`
-uses) a control change then applies the inbox itself when `engine.lock` is free (the control loop
-is asleep): one thread hand-off less between a knob and the sound (notes and program changes,
-which may recall presets, and anything during MIDI learn stay with the control thread, so no
-file is read or written on MIDI's thread). Otherwise it wakes the control thread,
+uses) a control change that sets a parameter then applies the inbox itself when `engine.lock` is
+free (the control loop is asleep): one thread hand-off less between a knob and the sound (see
+`_immediate_ok`: notes, program changes, CC-bound actions, and everything during MIDI learn stay
+with the control thread, so no preset or mapping file is read or written on MIDI's thread).
+Otherwise it wakes the control thread,
 which calls `drain(engine)` holding the lock; `drain` decodes and applies everything waiting
 through the mapping (`Surface`) in arrival order. A watcher thread lists the ports every
 `poll_seconds`: a port that vanished is reported and closed, one that (re)appears is opened.
@@ -183,7 +184,6 @@ class MidiControl:
         self.surface = surface
         self.on_action = on_action
         self.on_event: Callable[[str], None] = on_event or (lambda text: log.warning("%s", text))
-        self.on_learned: Callable[[Binding, Path], None] | None = None
         self.realtime: list[Callable[[MidiEvent], None]] = []  # clock, start/stop: called from drain
         self.wake = wake  # set on every message, so a control loop can sleep until one arrives
         self.stats = MidiStats()
@@ -356,22 +356,29 @@ class MidiControl:
             data = tuple(msg.bytes())
             inbox.append(MidiEvent(t, port, data))
             engine = self._engine
-            # control changes only (faders, knobs, encoders: what must feel attached); notes and
-            # program changes may recall a preset or save a learned mapping (file I/O), which stays
-            # off this thread, as does everything while learning
-            if (self.cfg.immediate and engine is not None and 0xB0 <= data[0] <= 0xBF and self._learner is None
-                    and engine.lock.acquire(blocking=False)):
+            if self._immediate_ok(engine) and engine is not None and engine.lock.acquire(blocking=False):
                 try:
-                    self.drain(engine)
+                    if self._immediate_ok(engine):  # again, now that nothing else can change it
+                        self.drain(engine)
+                        return
                 except Exception as e:  # a bug: say so; the port keeps delivering
                     log.exception("MIDI from %s: %r", port, e)
+                    return
                 finally:
                     engine.lock.release()
-                return
             if wake is not None:
                 wake.set()
 
         return arrived
+
+    def _immediate_ok(self, engine: Engine | None) -> bool:
+        """May the arriving thread apply the inbox itself? Only parameter changes from control
+        changes (faders, knobs, encoders: what must feel attached): notes, program changes and
+        CC-bound actions may recall a preset, and MIDI learn saves a file, so those stay with the
+        control thread, as does anything queued behind one of them."""
+        s = self.surface
+        return (self.cfg.immediate and engine is not None and s is not None and not s.cc_actions
+                and self._learner is None and all(0xB0 <= ev.data[0] <= 0xBF for ev in self._inbox))
 
     def inject(self, data: Sequence[int], port: str = "test", t: float | None = None) -> None:
         """Queue a message as if it had arrived (scripts, tests)."""
@@ -387,7 +394,7 @@ class MidiControl:
         self._resync = True
 
     def drain(self, engine: Engine) -> int:
-        """Apply every message waiting (control thread). Returns the changes made. Never raises for
+        """Apply every message waiting (holding engine.lock). Returns the changes made. Never raises for
         a bad message: refusals are counted and reported."""
         self.attach(engine)
         if self._resync:
@@ -460,8 +467,6 @@ class MidiControl:
             return
         path = save_learned(m, b, replaced, self.cfg.learn_path or default_learn_path())
         self.on_event(f"MIDI learn: {b.describe()} saved to {path}")
-        if self.on_learned is not None:
-            self.on_learned(b, path)
 
     # -- feedback --------------------------------------------------------------------------------
     def _feedback(self, ref: Ref, value: Value) -> None:

@@ -384,14 +384,14 @@ class OscServer:
         with self._subs_lock:
             return list(self._subs.values())
 
-    # -- control thread --------------------------------------------------------------------------
+    # -- applying: holding engine.lock (the control loop, or the receiver: immediate) ------------
     def wait(self, timeout: float) -> bool:
         """Sleep until work arrives (True) or `timeout` seconds pass (False)."""
         hit = self.wake.wait(timeout)
         self.wake.clear()  # before draining: work arriving from here on sets it again
         return hit
 
-    def drain(self, engine: Engine | None = None, xruns: int | None = None, limit: int = 256) -> int:
+    def drain(self, engine: Engine | None = None, limit: int = 256) -> int:
         """Apply what arrived (at most `limit` packets' work, so a flood cannot stall the control
         loop), and queue a status snapshot for subscribers when one is due. `engine`, if given,
         must be the server's own (the play loop's ticks pass it). Returns how many packets' work
@@ -402,9 +402,7 @@ class OscServer:
         if done == limit and not self._inbox.empty():
             self.wake.set()  # more is waiting: the next wait returns at once
         try:
-            if xruns is None and self.xruns is not None:
-                xruns = self.xruns()
-            self._status(xruns)
+            self._status(self.xruns() if self.xruns is not None else None)
         except Exception as e:
             self._exception(None, f"{self.prefix}/status", e)
         return done

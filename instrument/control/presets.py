@@ -224,9 +224,6 @@ class PresetStore:
                              f"store one with /endless/preset/store NAME)")
         return slug, files[slug]
 
-    def index(self, slug: str) -> int:
-        return self.names().index(slug) + 1
-
     def load(self, name_or_index: str | int | float, registry: Registry) -> Preset:
         slug, path = self.find(name_or_index)
         try:
@@ -324,32 +321,6 @@ class PresetStore:
 
 
 # == what OSC and MIDI call ========================================================================
-_default_store: PresetStore | None = None
-
-
-def default_store() -> PresetStore:
-    global _default_store
-    if _default_store is None:
-        _default_store = PresetStore()
-    return _default_store
-
-
-def store(engine: Engine, name: str, presets: PresetStore | None = None) -> Path:
-    """`/endless/preset/store NAME`."""
-    return (presets or default_store()).store(engine, name)
-
-
-def recall(engine: Engine, name_or_index: str | int | float, glide: float | None = None, frame: int = -1,
-           presets: PresetStore | None = None) -> RecallResult:
-    """`/endless/preset/recall NAME|INDEX [glide_seconds]`."""
-    return (presets or default_store()).recall(engine, name_or_index, glide, frame)
-
-
-def arm(engine: Engine, name_or_index: str | int | float, presets: PresetStore | None = None) -> int:
-    """`/endless/preset/arm NAME`."""
-    return (presets or default_store()).arm(engine, name_or_index)
-
-
 class ControlActions:
     """Presets and MIDI learn for one engine: what OSC handlers and MIDI actions call.
 
@@ -358,7 +329,7 @@ class ControlActions:
 
     def __init__(self, engine: Engine, presets: PresetStore | None = None, midi: MidiControl | None = None) -> None:
         self.engine = engine
-        self.presets = presets or default_store()
+        self.presets = presets or PresetStore()
         self.midi = midi
         self.current: str | None = None  # the slug recalled last (for next/previous)
 
