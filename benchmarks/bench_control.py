@@ -40,7 +40,7 @@ block that cycle renders (latency ~ the look-ahead), otherwise the next one.
 On a shared 2-core machine the tail is the machine: underflows (JACK xruns of any client, the
 parent's MIDI port included) and late wake-ups come from the other processes; the load average is
 printed. `--no-gc-freeze` shows what play()'s GC freeze saves (full collections stop every
-thread for ~100-300 ms with torch loaded); `--generator-nice 0` the worker at the audio's
+thread for ~100-300 ms with torch loaded: the JSON's gc_full_collections_ms); `--generator-nice 0` the worker at the audio's
 priority; `--queued` the extra thread hand-off.
 
     .venv/bin/python benchmarks/bench_control.py                  # 400 steps each, about 2 minutes

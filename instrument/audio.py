@@ -164,8 +164,9 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     out = (output_cls or Output)(engine, device, blocksize, latency, recorder, limit)
     if on_output is not None:
         on_output(out)
-    # A full garbage collection stops every thread, the audio callback too (87-318 ms measured with
-    # torch loaded): collect once now and keep what exists out of later passes.
+    # A full garbage collection stops every thread, the audio callback too (~100-300 ms with torch
+    # loaded: `benchmarks/bench_control.py --no-gc-freeze` lists them): collect once now and keep
+    # what exists out of later passes.
     gc.collect()
     gc.freeze()
     # The callback is Python: it needs the GIL. The control thread (decoding clips, OSC, MIDI) may

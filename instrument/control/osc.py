@@ -6,7 +6,8 @@ Threads; the engine is changed only by a thread holding `engine.lock`:
             and validates values with the registry. With `OscConfig.immediate` (what `endless
             play` uses) it then applies the packet itself when the engine's lock is free (the
             control loop is asleep, which is almost always): the change is in the mixer's command
-            ring ~40 us after the datagram is read, with no second thread to wake. Otherwise, and
+            ring ~0.24 ms (median, busy 2-core machine: `python benchmarks/bench_control.py`)
+            after the datagram is read, with no second thread to wake. Otherwise, and
             whenever the control loop is busy, it queues the work on the inbox, each message with
             its sender, and sets the `wake` event (which other inputs may share); queued work is
             always applied first, so messages keep their order.

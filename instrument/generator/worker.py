@@ -62,7 +62,7 @@ class WorkerSpec:
     coreml: bool = False  # macOS: the transformer through Core ML; falls back to `device` with the reason logged
     coreml_package: str | None = None  # None: the package `endless convert-coreml` wrote for `model`
     compute_units: str = "ALL"  # Core ML compute units: ALL, CPU_AND_GPU, CPU_AND_NE, CPU_ONLY
-    compile: bool = True  # on cuda: torch.compile with CUDA graphs (112 ms vs 499 ms a clip on an H200)
+    compile: bool = True  # on cuda: torch.compile with CUDA graphs (README: bench_generate.py on an H200)
     test_delay: float = 0.0  # extra seconds per step, for tests of starvation and hangs
 
 
