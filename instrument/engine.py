@@ -81,8 +81,13 @@ class Engine:
         self.transport = Transport(cfg.sample_rate)
         self.guard_frames = 0  # live: how far ahead a quantized change must be to reach the audio in time
         self.last_change_frame = 0  # the frame the change being reported to listeners takes effect
-        self._flush_pending: set[int] = set()
+        self._flush_pending: set[int] = set()  # slots whose queued clips go with their next clip's cut
         self._sent = [0] * cfg.slots  # clip pushes sent per slot (the mixer counts those applied)
+        self._flushes = [0] * cfg.slots  # flushes sent per slot (the mixer counts those applied)
+        self._sent_at_flush = [0] * cfg.slots  # `_sent` when the slot's last flush was sent
+        self._cuts: list[list[Command]] = [[] for _ in range(cfg.slots)]  # a quantized cut's commands
+        self._cut_push = [0] * cfg.slots  # `_sent` once the cut's clip was sent: it waits until applied
+        self._cut_events: list[list[ClipEvent]] = [[] for _ in range(cfg.slots)]  # its clips, as logged
         self.listeners: list[Listener] = []
         self._script: list[Event] = []  # mixer events: queued ahead as commands timed to their frame
         self._script_i = 0
@@ -120,10 +125,7 @@ class Engine:
         elif p.target == "mixer":
             cmd = Command(MIXER_OPS[p.key], -1 if ref.slot is None else ref.slot, _code(p, value),
                           p.smoothing if glide is None else glide, None, frame)
-            if frame >= 0:
-                # timed: held here in frame order, handed to the mixer's ring shortly before it is due
-                heapq.heappush(self._timed, (frame, next(self._seq), cmd))
-            elif not self.mixer.send(cmd):
+            if not self._send(cmd):
                 raise ParamError(f"{ref.address(self.registry.prefix)}: the audio thread's command queue "
                                  "is full (is the audio stream running?)")
         if p.kind != "trigger":
@@ -158,12 +160,56 @@ class Engine:
             gen.set(ref.slot, p.name, as_float(value))
 
     def flush(self, slot: int) -> None:
-        """Drop a slot's queued clips now (the playing clip plays on); when quantizing, together
-        with the cut to the new prompt's first clip, on the grid."""
-        if self.quantized_frame() is not None:
-            self._flush_pending.add(slot)
-        else:
-            self.mixer.send(Command(OP_FLUSH, slot))
+        """A new prompt: drop the slot's queued clips now (the playing clip plays on), or when
+        quantizing, together with the cut to the new prompt's first clip, on the grid. A cut still
+        waiting for its frame is called off: its prompt is already old."""
+        self._call_off_cut(slot)
+        if self.quantized_frame() is not None or not self._send(Command(OP_FLUSH, slot)):
+            self._flush_pending.add(slot)  # sent with the next clip (or when the ring has room)
+
+    def _send(self, cmd: Command) -> bool:
+        """Send a command to the mixer, now or timed: a timed one is held here in frame order and
+        handed to the mixer's ring shortly before its frame. Counts the clips and flushes sent."""
+        if cmd.frame >= 0:
+            heapq.heappush(self._timed, (cmd.frame, next(self._seq), cmd))
+        elif not self.mixer.send(cmd):
+            return False
+        if cmd.op == OP_PUSH:
+            self._sent[cmd.slot] += 1
+        elif cmd.op == OP_FLUSH and cmd.slot >= 0:
+            self._flushes[cmd.slot] += 1
+            self._sent_at_flush[cmd.slot] = self._sent[cmd.slot]
+        return True
+
+    def _cut_frame(self, slot: int) -> int | None:
+        """The frame of the slot's quantized cut while it waits (its clip not yet in the mixer)."""
+        cut = self._cuts[slot]
+        if cut and self.mixer.slots[slot].pushes < self._cut_push[slot]:
+            return cut[0].frame
+        cut.clear()  # applied: let the clips go
+        self._cut_events[slot].clear()
+        return None
+
+    def _call_off_cut(self, slot: int) -> None:
+        """Take back the commands of the slot's waiting cut that are still held here."""
+        if self._cut_frame(slot) is None:
+            return
+        ids = {id(c) for c in self._cuts[slot]}
+        gone = [t[2] for t in self._timed if id(t[2]) in ids]
+        if gone:
+            self._timed = [t for t in self._timed if id(t[2]) not in ids]
+            heapq.heapify(self._timed)
+            for c in gone:
+                if c.op == OP_PUSH:
+                    self._sent[slot] -= 1
+                elif c.op == OP_FLUSH:
+                    self._flushes[slot] -= 1
+            pushes = sum(c.op == OP_PUSH for c in gone)
+            for event in self._cut_events[slot][-pushes:] if pushes else ():
+                if event in self.clip_log:
+                    self.clip_log.remove(event)  # never handed to the slot
+        self._cuts[slot].clear()
+        self._cut_events[slot].clear()
 
     def quantized_frame(self) -> int | None:
         """The next beat or bar frame far enough ahead to be met, or None when not quantizing."""
@@ -225,8 +271,13 @@ class Engine:
 
     # -- clips -----------------------------------------------------------------------------------
     def pending(self, slot: int) -> int:
-        """Clips queued or on their way to the slot's queue."""
+        """Clips queued or on their way to the slot's queue, not counting those a flush on its way
+        will drop (so a new prompt's first clip is asked for and taken at once)."""
+        if slot in self._flush_pending:
+            return 0
         s = self.mixer.slots[slot]
+        if s.flushes < self._flushes[slot]:
+            return self._sent[slot] - self._sent_at_flush[slot]
         return s.q_count + (self._sent[slot] - s.pushes)
 
     def pump(self) -> int:
@@ -246,32 +297,43 @@ class Engine:
                 if clip.sample_rate != self.cfg.sample_rate:
                     raise ValueError(f"clip at {clip.sample_rate} Hz for a {self.cfg.sample_rate} Hz mixer")
                 cut = clip.cut and self.mixer.slots[i].started
-                at = self.quantized_frame() if cut else None
-                if at is not None:  # flush, queue and cut together on the grid
-                    if i in self._flush_pending:
-                        self._flush_pending.discard(i)
-                        heapq.heappush(self._timed, (at, next(self._seq), Command(OP_FLUSH, i, frame=at)))
-                    heapq.heappush(self._timed, (at, next(self._seq), Command(OP_PUSH, i, clip=clip.audio, frame=at)))
-                    heapq.heappush(self._timed, (at, next(self._seq), Command(OP_NEXT, i, frame=at)))
-                    self._sent[i] += 1
+                at = self.quantized_frame() if cut else self._cut_frame(i)
+                if at is not None:
+                    # on the grid: a new prompt's flush, first clip and cut go together; clips after
+                    # it queue behind it on the same frame, in order
+                    push = Command(OP_PUSH, i, clip=clip.audio, frame=at)
+                    cmds = [push]
+                    if cut:
+                        self._call_off_cut(i)
+                        self._cut_events[i].clear()
+                        if i in self._flush_pending:
+                            self._flush_pending.discard(i)
+                            cmds.insert(0, Command(OP_FLUSH, i, frame=at))
+                        cmds.append(Command(OP_NEXT, i, frame=at))
+                    for c in cmds:
+                        self._send(c)
+                    if cut:
+                        self._cut_push[i] = self._sent[i]
+                    self._cuts[i] += cmds
                 else:
                     if i in self._flush_pending:
+                        if not self._send(Command(OP_FLUSH, i)):
+                            break
                         self._flush_pending.discard(i)
-                        self.mixer.send(Command(OP_FLUSH, i))
                     if not self.push_clip(i, clip.audio):
                         break
                     if cut:
                         self.mixer.send(Command(OP_NEXT, i))  # a new prompt: crossfade to it now
-                self.clip_log.append(ClipEvent(self.mixer.frame if at is None else at, i, clip.info.prompt,
-                                               clip.info.seed, clip.info.source, cut))
+                event = ClipEvent(self.mixer.frame if at is None else at, i, clip.info.prompt, clip.info.seed,
+                                  clip.info.source, cut)
+                self.clip_log.append(event)
+                if at is not None:
+                    self._cut_events[i].append(event)
                 sent += 1
         return sent
 
     def push_clip(self, slot: int, audio: np.ndarray) -> bool:
-        if not self.mixer.send(Command(OP_PUSH, slot, clip=audio)):
-            return False
-        self._sent[slot] += 1
-        return True
+        return self._send(Command(OP_PUSH, slot, clip=audio))
 
     def stats(self) -> EngineStats:
         m = self.mixer

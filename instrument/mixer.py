@@ -98,6 +98,7 @@ class SlotState(Protocol):
     solo: bool
     amp: float  # fader x mute/solo x morph, before pan
     pushes: int  # OP_PUSH commands applied (accepted or dropped)
+    flushes: int  # OP_FLUSH commands applied
 
     @property
     def started(self) -> bool: ...
@@ -381,7 +382,7 @@ class _Slot:
     __slots__ = ("index", "queue", "q_head", "q_count", "cur", "cur_pos", "inc", "inc_pos", "fading",
                  "anchor", "rate", "fade_k", "fade_total", "fade_curve", "started", "ramp",
                  "gain_db", "pan", "mute", "solo", "amp", "starvations", "transitions", "nexts_ignored",
-                 "level", "queued_frames", "pushes", "next_pending")
+                 "level", "queued_frames", "pushes", "flushes", "next_pending")
 
     def __init__(self, index: int, capacity: int) -> None:
         self.index = index
@@ -411,6 +412,7 @@ class _Slot:
         self.level = 0.0  # RMS of the last block, after gain
         self.queued_frames = 0
         self.pushes = 0  # OP_PUSH commands applied (accepted or dropped)
+        self.flushes = 0  # OP_FLUSH commands applied
         self.next_pending = False  # a `next` that arrived mid-fade: runs when the fade ends
 
     def pop(self) -> np.ndarray | None:
@@ -616,6 +618,7 @@ class _NumpyMixer(Mixer):
 
     def _op_flush(self, c: Command) -> None:
         s = self.slots[c.slot]
+        s.flushes += 1
         while (clip := s.pop()) is not None:
             self._retire(clip)
 
@@ -632,7 +635,7 @@ class _NumpyMixer(Mixer):
 class _CSlot:
     """A slot of the C core: settings in Python, state and counters read from the C struct."""
 
-    __slots__ = ("index", "gain_db", "pan", "mute", "solo", "pushes", "_c", "_owner")
+    __slots__ = ("index", "gain_db", "pan", "mute", "solo", "pushes", "flushes", "_c", "_owner")
 
     def __init__(self, index: int, c: Any, owner: Any) -> None:
         self.index = index
@@ -641,6 +644,7 @@ class _CSlot:
         self.mute = False
         self.solo = False
         self.pushes = 0  # OP_PUSH commands applied (accepted or dropped)
+        self.flushes = 0  # OP_FLUSH commands applied
         self._c = c  # mc_slot, inside the state that `owner` keeps alive
         self._owner = owner
 
@@ -813,6 +817,7 @@ class _CMixer(Mixer):
         self._lib.mc_next(self._st, self.slots[c.slot].index)
 
     def _op_flush(self, c: Command) -> None:
+        self.slots[c.slot].flushes += 1
         self._lib.mc_flush(self._st, self.slots[c.slot].index)
         self._drain()
 

@@ -67,6 +67,7 @@ class Scheduler:
         self.stats = GenStats()
         self.engine: Engine | None = None
         self._next_id = 1
+        self.fed_timeout = 600.0  # a render's longest wait for one clip (a first model load can be slow)
         self.on_event: Callable[[str], None] = lambda text: log.warning("%s", text)
 
     def attach(self, engine: Engine) -> None:
@@ -235,8 +236,10 @@ class Scheduler:
             if report is not None:
                 report(self.client.state)
 
-    def wait_fed(self, timeout: float = 600.0) -> None:
-        """Block until no slot with a prompt is starving (deterministic render)."""
+    def wait_fed(self, timeout: float | None = None) -> None:
+        """Block until no slot with a prompt is starving (deterministic render); at most
+        `timeout` seconds (default `fed_timeout`)."""
+        timeout = self.fed_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while any(self.starving(i) for i in range(len(self.plans))):
             if self.client.state == "failed":

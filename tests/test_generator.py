@@ -152,6 +152,34 @@ def test_prompt_change_cuts_in_on_its_frame_and_queues_stay_bounded() -> None:
     assert np.isfinite(out).all() and np.abs(out[SR:]).max() > 0.01
 
 
+@pytest.mark.parametrize("quantize, cut_at", [("off", 3.1), ("beat", 3.5)])
+def test_prompt_change_with_a_full_queue_is_generated_at_once_and_cuts_on_time(quantize: str,
+                                                                              cut_at: float) -> None:
+    engine = gen_engine(slots=1)
+    sched = engine.generator
+    assert sched is not None
+    sched.fed_timeout = 60.0  # a render that waits for a clip nobody asked for fails here, not in 10 min
+    engine.handle("/endless/quantize", [quantize])
+    engine.handle("/endless/slot/1/length", [10.0])
+    try:
+        render(engine, 1.0, 512)
+        deadline = time.monotonic() + 120
+        while engine.pending(0) < 2:  # the queue fills up behind the playing clip
+            assert time.monotonic() < deadline, "the queue never filled"
+            sched.tick(0.05)
+            engine.pump()
+        render(engine, 0.5, 512)
+        assert engine.mixer.slots[0].q_count == 2
+        engine.load_script([Event(3.1, "/endless/slot/1/prompt", ("thunder",))])
+        render(engine, 3.0, 512)
+    finally:
+        sched.close()
+    cuts = [(ev.prompt, ev.frame) for ev in engine.clip_log if ev.cut]
+    assert cuts == [("thunder", round(cut_at * SR))]
+    assert all(ev.prompt == "thunder" for ev in engine.clip_log if ev.frame >= cut_at * SR)
+    assert engine.stats().starvations == (0,)
+
+
 def test_render_is_deterministic_and_survives_a_killed_worker() -> None:
     a = gen_engine(seed=5)
     try:

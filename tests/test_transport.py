@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from instrument.clips import Clip, ClipInfo
 from instrument.engine import Engine
 from instrument.mixer import MixerConfig
 from instrument.transport import PPQN, Transport
@@ -84,3 +85,88 @@ def test_quantize_off_applies_at_once_and_beat_uses_the_internal_tempo() -> None
     L = e.mixer.limiter.latency
     landed = SR + int(np.flatnonzero(out[:, 0] > 0.2 + 1e-6)[0]) - L
     assert landed == round(2 * SR * 60 / 100)
+
+
+# -- a new prompt with a full queue: the scheduler's side, with clips the test hands in --------------
+class Inbox:
+    """A clip source the test fills, as the generator fills the scheduler's inbox."""
+
+    name = "inbox"
+
+    def __init__(self) -> None:
+        self.clips: list[Clip] = []
+
+    def add(self, level: float, cut: bool = False) -> None:
+        audio = np.full((30 * SR, 2), level, np.float32)
+        self.clips.append(Clip(audio, SR, ClipInfo("test", f"dc {level}", None, "test", 0.0), cut))
+
+    def next_clip(self, slot: int) -> Clip | None:
+        return self.clips.pop(0) if self.clips else None
+
+    def close(self) -> None:
+        pass
+
+
+def _full_queue(quantize: str) -> tuple[Engine, Inbox]:
+    """One slot playing DC 0.2 with 0.3 and 0.4 queued behind it (a full queue), 120 bpm."""
+    src = Inbox()
+    e = Engine(MixerConfig(slots=1, sample_rate=SR, xfade=0.05, stagger=False), src)
+    e.handle("/endless/quantize", [quantize])
+    for level in (0.2, 0.3, 0.4):
+        src.add(level)
+    render_to(e, 0.5)
+    assert e.mixer.slots[0].q_count == 2 and e.pending(0) == 2
+    return e, src
+
+
+def render_to(e: Engine, seconds: float, block: int = 256) -> np.ndarray:
+    from instrument.render import render
+
+    return render(e, seconds - e.mixer.frame / SR, block)
+
+
+def _level_from(out: np.ndarray, start: float, level: float, e: Engine) -> int:
+    """The output frame (absolute, limiter delay taken off) where the DC reaches `level`."""
+    hit = np.flatnonzero(np.abs(out[:, 0] - level) < 1e-6)
+    return int(round(start * SR)) + int(hit[0]) - e.mixer.limiter.latency
+
+
+@pytest.mark.parametrize("quantize, cut_at", [("off", 1.2), ("beat", 1.5), ("bar", 2.0)])
+def test_new_prompt_with_a_full_queue_drops_it_and_cuts_on_time(quantize: str, cut_at: float) -> None:
+    e, src = _full_queue(quantize)
+    render_to(e, 1.1)
+    e.flush(0)  # what a prompt change does (Scheduler.regenerate)
+    assert e.pending(0) == 0  # so the scheduler asks for the new prompt's first clip at once
+    render_to(e, 1.2)
+    src.add(0.6, cut=True)
+    src.add(0.7)
+    e.pump()
+    assert e.pending(0) == 2  # the old clips are not counted: both new ones are taken
+    out = render_to(e, 3.0)
+    assert e.stats().transitions == (1,)
+    assert np.allclose(out[: int((cut_at - 1.2) * SR)], 0.2)  # the old clip plays on until the cut
+    # the crossfade starts on the cut's frame and ends on the new prompt, never the old queue's clips
+    fade_from = 1.2 * SR + int(np.flatnonzero(np.abs(out[:, 0] - 0.2) > 1e-6)[0]) - e.mixer.limiter.latency
+    assert abs(fade_from - cut_at * SR) <= 1, (fade_from, cut_at * SR)
+    assert _level_from(out, 1.2, 0.6, e) <= cut_at * SR + 0.05 * SR + 1
+    assert e.mixer.slots[0].q_count == 1  # 0.7 waits behind 0.6; 0.3 and 0.4 are gone
+    assert [ev.prompt for ev in e.clip_log if ev.cut] == ["dc 0.6"]
+
+
+def test_a_newer_prompt_calls_off_the_cut_still_waiting_for_its_bar() -> None:
+    e, src = _full_queue("bar")
+    render_to(e, 0.6)
+    e.flush(0)
+    src.add(0.6, cut=True)
+    e.pump()  # the cut waits for the bar at 2.0 s
+    render_to(e, 1.0)
+    e.flush(0)  # a newer prompt before the bar: 0.6's cut is called off
+    assert e.pending(0) == 0
+    src.add(0.8, cut=True)
+    e.pump()
+    out = render_to(e, 3.0)
+    assert e.stats().transitions == (1,)  # one crossfade, straight to the newest prompt
+    assert abs(_level_from(out, 1.0, 0.8, e) - (2.0 + 0.05) * SR) <= 1
+    assert np.allclose(out[-SR // 2:], 0.8) and e.mixer.slots[0].q_count == 0
+    assert [ev.prompt for ev in e.clip_log][-1:] == ["dc 0.8"]
+    assert "dc 0.6" not in [ev.prompt for ev in e.clip_log]
