@@ -317,7 +317,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     switch = RecordSwitch(args.record_dir, rate)
     osc = OscServer(engine, OscConfig(host=args.listen, port=args.osc_port, tcp_port=args.osc_tcp_port,
                                       allow=tuple(args.allow), immediate=True),
-                    on_record=switch, actions=_osc_actions(engine, actions), wake=wake).start()
+                    on_record=switch, actions=actions.osc_handlers(), wake=wake).start()
 
     def on_output(out) -> None:  # type: ignore[no-untyped-def]
         switch.out = out
@@ -343,31 +343,6 @@ def cmd_play(args: argparse.Namespace) -> int:
         sys.stderr.write("\n")
     print(summary.line() + _gen_summary(engine))
     return 0
-
-
-def _osc_actions(engine, actions):  # type: ignore[no-untyped-def]
-    """OSC addresses for presets and MIDI learn; recalls and steps land on the grid when quantizing."""
-
-    def frame() -> int:
-        q = engine.quantized_frame()
-        return -1 if q is None else q
-
-    def glide(args: tuple, i: int) -> float | None:  # type: ignore[type-arg]
-        return float(args[i]) if len(args) > i else None
-
-    def one(args: tuple, what: str) -> object:  # type: ignore[type-arg]
-        if not args:
-            raise ConfigError(f"{what}: give a preset name or index")
-        return args[0]
-
-    return {
-        "preset/store": lambda a: actions.store(str(one(a, "/preset/store"))),
-        "preset/recall": lambda a: actions.recall(one(a, "/preset/recall"), glide(a, 1), frame()),
-        "preset/arm": lambda a: actions.arm(one(a, "/preset/arm")),
-        "preset/next": lambda a: actions.step(1, glide(a, 0), frame()),
-        "preset/previous": lambda a: actions.step(-1, glide(a, 0), frame()),
-        "learn": lambda a: actions.learn(str(a[0]) if a else None),
-    }
 
 
 def _midi(args: argparse.Namespace, engine, actions, wake: threading.Event):  # type: ignore[no-untyped-def]

@@ -88,6 +88,7 @@ class Engine:
         self._cuts: list[list[Command]] = [[] for _ in range(cfg.slots)]  # a quantized cut's commands
         self._cut_push = [0] * cfg.slots  # `_sent` once the cut's clip was sent: it waits until applied
         self._cut_events: list[list[ClipEvent]] = [[] for _ in range(cfg.slots)]  # its clips, as logged
+        self._not_before = [0] * cfg.slots  # a new prompt given for a frame cuts in no earlier
         self.listeners: list[Listener] = []
         self._script: list[Event] = []  # mixer events: queued ahead as commands timed to their frame
         self._script_i = 0
@@ -116,6 +117,8 @@ class Engine:
             q = self.quantized_frame()
             frame = q if q is not None else frame
         if p.target == "generator":
+            if frame >= 0 and ref.slot is not None:
+                self._not_before[ref.slot] = frame  # e.g. a quantized recall: its cut lands with its mix
             self._generator_set(ref, value)
         elif p.target == "transport":
             if p.key == "tempo":
@@ -164,7 +167,7 @@ class Engine:
         quantizing, together with the cut to the new prompt's first clip, on the grid. A cut still
         waiting for its frame is called off: its prompt is already old."""
         self._call_off_cut(slot)
-        if self.quantized_frame() is not None or not self._send(Command(OP_FLUSH, slot)):
+        if self.cut_frame(slot) is not None or not self._send(Command(OP_FLUSH, slot)):
             self._flush_pending.add(slot)  # sent with the next clip (or when the ring has room)
 
     def _send(self, cmd: Command) -> bool:
@@ -181,7 +184,7 @@ class Engine:
             self._sent_at_flush[cmd.slot] = self._sent[cmd.slot]
         return True
 
-    def _cut_frame(self, slot: int) -> int | None:
+    def _waiting_cut(self, slot: int) -> int | None:
         """The frame of the slot's quantized cut while it waits (its clip not yet in the mixer)."""
         cut = self._cuts[slot]
         if cut and self.mixer.slots[slot].pushes < self._cut_push[slot]:
@@ -192,7 +195,7 @@ class Engine:
 
     def _call_off_cut(self, slot: int) -> None:
         """Take back the commands of the slot's waiting cut that are still held here."""
-        if self._cut_frame(slot) is None:
+        if self._waiting_cut(slot) is None:
             return
         ids = {id(c) for c in self._cuts[slot]}
         gone = [t[2] for t in self._timed if id(t[2]) in ids]
@@ -210,6 +213,16 @@ class Engine:
                     self.clip_log.remove(event)  # never handed to the slot
         self._cuts[slot].clear()
         self._cut_events[slot].clear()
+
+    def cut_frame(self, slot: int) -> int | None:
+        """Where a new prompt's first clip for the slot cuts in, or None for at once: the next beat
+        or bar far enough ahead when quantizing, and never before the frame its change was given
+        for (a recall's prompts cut on the frame its mixer settings land on)."""
+        soonest = self.mixer.frame + self.guard_frames
+        q = self.values[("quantize", None)]
+        if q == "off":
+            return self._not_before[slot] if self._not_before[slot] > soonest else None
+        return self.transport.next_boundary(max(soonest, self._not_before[slot]), "beat" if q == "beat" else "bar")
 
     def quantized_frame(self) -> int | None:
         """The next beat or bar frame far enough ahead to be met, or None when not quantizing."""
@@ -297,7 +310,7 @@ class Engine:
                 if clip.sample_rate != self.cfg.sample_rate:
                     raise ValueError(f"clip at {clip.sample_rate} Hz for a {self.cfg.sample_rate} Hz mixer")
                 cut = clip.cut and self.mixer.slots[i].started
-                at = self.quantized_frame() if cut else self._cut_frame(i)
+                at = self.cut_frame(i) if cut else self._waiting_cut(i)
                 if at is not None:
                     # on the grid: a new prompt's flush, first clip and cut go together; clips after
                     # it queue behind it on the same frame, in order

@@ -29,7 +29,7 @@ from instrument.control.mappings import (
 from instrument.control.midi import MidiConfig, MidiControl, transport_feed
 from instrument.control.presets import ControlActions, PresetStore
 from instrument.engine import Engine
-from instrument.errors import ConfigError
+from instrument.errors import ConfigError, ParamError
 from instrument.mixer import MixerConfig
 from instrument.params import Registry
 
@@ -325,6 +325,29 @@ def test_learn_without_a_mapping_file_and_learn_actions(tmp_path: Path) -> None:
         midi.learn("/endless/slot/1/prompt")
     with pytest.raises(Exception, match="unknown address"):
         midi.learn("/endless/slot/1/nothing")
+
+
+@pytest.mark.parametrize("args, preset", [(("preset/recall", "storm-front"), "storm-front"),
+                                          (("preset/arm", 3.0), 3)])  # Pd sends numbers as floats
+def test_learn_over_osc_binds_an_action_with_its_preset(tmp_path: Path, args: tuple[object, ...],
+                                                        preset: str | int) -> None:
+    path = tmp_path / "mine.toml"
+    midi = MidiControl(MidiConfig(learn_path=path), Surface(parse_mapping("version = 1\n", "new", REG), REG),
+                       on_event=lambda s: None)
+    e = engine()
+    learn = ControlActions(e, PresetStore(Path("/nonexistent"), ()), midi).osc_handlers()["learn"]
+    learn(args)  # /endless/learn preset/recall NAME
+    assert midi.learning == args[0]
+    midi.inject((0x9F, 48, 1), t=time.monotonic() - 1.0)
+    midi.drain(e)
+    assert load_mapping(path, REG).controls == [Binding("note", 48, str(args[0]), 15, preset=preset)]
+    with pytest.raises(ParamError, match="name the preset"):
+        learn(("preset/recall",))
+    with pytest.raises(ParamError, match="whole number"):
+        learn(("preset/recall", 2.5))
+    learn(("/endless/xfade",))
+    learn(())  # no address: cancels
+    assert midi.learning is None
 
 
 def test_clock_and_transport_go_to_realtime_handlers() -> None:

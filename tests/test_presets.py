@@ -193,6 +193,88 @@ def test_next_previous_and_midi_actions(tmp_path: Path) -> None:
         a.arm("storm-front")
 
 
+@pytest.mark.parametrize("route", ["osc", "midi note", "osc next"])
+def test_quantized_recall_lands_on_the_bar_from_osc_and_midi(tmp_path: Path, route: str) -> None:
+    st = store_with(tmp_path, quiet="version = 1\n[[slot]]\ngain = -60.0\n")
+    e = _dc_engine()
+    e.handle("/endless/quantize", ["bar"])  # 120 bpm, 4/4: bars every 2 s
+    a = ControlActions(e, st)
+    render(e, 0.5, 256)
+    if route == "osc":
+        a.osc_handlers()["preset/recall"](("quiet", 0.0))
+    elif route == "midi note":
+        a.midi_action("preset/recall", "quiet", 0.0)  # a sequencer's note, a program change
+    else:
+        a.osc_handlers()["preset/next"]((0.0,))
+    L = lookahead_samples(SR)
+    out = render(e, 2.0, 256)[L:, 0]
+    bar = 2 * SR - SR // 2  # frame 88200, from the render's start at 0.5 s
+    assert out[bar - 1] == pytest.approx(0.1, abs=1e-6) and np.all(out[bar:] == 0.0)
+
+
+class _Arrivals:
+    """The generator's side for a recall test: clips dropped into a scheduler's inbox, as a worker's
+    would arrive (its client is never started, so nothing else arrives)."""
+
+    def __init__(self, e: Engine) -> None:
+        self.e = e
+        self.sched = e.generator
+
+    def play(self, seconds: float, block: int = 256) -> np.ndarray:
+        """What `render` does, without waiting for clips (they arrive when the test says)."""
+        e = self.e
+        out = np.zeros((round(seconds * SR), 2), np.float32)
+        for pos in range(0, len(out), block):
+            end = min(len(out), pos + block)
+            e.schedule_script(e.mixer.frame + end - pos)
+            e.pump()
+            e.mixer.process(out[pos:end])
+        return out
+
+    def arrive(self, level: float, cut: bool) -> None:
+        from instrument.clips import Clip, ClipInfo
+
+        assert self.sched is not None
+        plan = self.sched.plans[0]
+        info = ClipInfo("generator", plan.prompt, 1, "test", 0.0)
+        plan.inbox.append(Clip(np.full((30 * SR, 2), level, np.float32), SR, info, cut))
+        plan.cut = False
+
+
+@pytest.mark.parametrize("arrives, cut_at", [(0.7, 2.0), (2.3, 4.0)])
+def test_quantized_recall_cuts_its_prompts_on_the_frame_of_its_mix(tmp_path: Path, arrives: float,
+                                                                   cut_at: float) -> None:
+    """A recall's new prompt cuts in on the bar its mixer settings land on, when its clip is there
+    in time (an armed clip), else on the first bar after it arrives; live, a guard keeps changes ahead."""
+    from instrument.generator.worker import GeneratorClient, WorkerSpec
+    from instrument.scheduler import Scheduler
+
+    st = store_with(tmp_path, scene='version = 1\n[[slot]]\nprompt = "thunder"\ngain = -6.0\n')
+    e = Engine(MixerConfig(slots=1, sample_rate=SR, xfade=0.05, stagger=False),
+               Scheduler(GeneratorClient(WorkerSpec(model="tiny", sample_rate=SR)), 1))
+    e.guard_frames = 512  # as live
+    clips = _Arrivals(e)
+    e.handle("/endless/slot/1/prompt", ["rain"])
+    clips.arrive(0.2, cut=False)
+    clips.arrive(0.3, cut=False)
+    e.handle("/endless/quantize", ["bar"])
+    clips.play(0.5)
+    a = ControlActions(e, st)
+    a.midi_action("preset/recall", "scene", 0.0)
+    assert e.values[("slot/prompt", 0)] == "thunder"  # asked of the generator at once
+    clips.play(arrives - 0.5)
+    clips.arrive(0.8, cut=True)
+    L = lookahead_samples(SR)
+    out = clips.play(4.5 - arrives)[L:, 0]
+    at = round((cut_at - arrives) * SR)
+    g = 10 ** (-6 / 20)
+    assert [ev.frame for ev in e.clip_log if ev.cut] == [round(cut_at * SR)]
+    assert out[at - 1] == pytest.approx(0.2 * (g if cut_at > 2.0 else 1.0), abs=1e-6)  # the old clip to here
+    assert out[at] != out[at - 1]
+    assert np.allclose(out[at + SR // 10:], 0.8 * g)  # the new prompt at the preset's gain
+    assert e.mixer.slots[0].q_count == 0 and e.stats().transitions == (1,)
+
+
 # == with the generator ===========================================================================
 def _tick_until(e: Engine, cond, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
     gen = e.generator

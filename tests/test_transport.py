@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from instrument.clips import Clip, ClipInfo
+from instrument.control.presets import ControlActions, PresetStore
 from instrument.engine import Engine
 from instrument.mixer import MixerConfig
 from instrument.transport import PPQN, Transport
@@ -46,9 +49,12 @@ def _dc_engine(bpm_ticks: float | None) -> Engine:
     return e
 
 
+@pytest.mark.parametrize("action", ["next", "recall"])
 @pytest.mark.parametrize("bpm", [90.0, 120.0, 174.0])
-def test_quantized_next_lands_on_the_bar_of_a_midi_clock(bpm: float) -> None:
+def test_quantized_next_and_recall_land_on_the_bar_of_a_midi_clock(bpm: float, action: str, tmp_path: Path) -> None:
     e = _dc_engine(bpm)
+    (tmp_path / "quiet.toml").write_text("version = 1\n[[slot]]\ngain = -60.0\n")
+    actions = ControlActions(e, PresetStore(tmp_path, ()))
     per_tick = SR * 60 / bpm / PPQN
     e.transport.start()
     total, block = int(6 * SR), 256
@@ -60,17 +66,22 @@ def test_quantized_next_lands_on_the_bar_of_a_midi_clock(bpm: float) -> None:
         while round(tick * per_tick) < end:  # the clock as a sequencer sends it, tick by tick
             e.transport.clock(round(tick * per_tick))
             tick += 1
-        if pos <= asked_at < end:
+        if pos <= asked_at < end and action == "next":
             e.handle("/endless/slot/1/next", [])
+        elif pos <= asked_at < end:
+            actions.midi_action("preset/recall", "quiet", 0.0)  # a program change, a sequencer's note
         e.schedule_script(end)
         e.pump()
         e.mixer.process(out[pos:end])
     bar = 4 * PPQN
     expected = next(round(k * bar * per_tick) for k in range(100) if round(k * bar * per_tick) > asked_at)
     L = e.mixer.limiter.latency
-    landed = int(np.flatnonzero(out[:, 0] > 0.2 + 1e-6)[0]) - L
+    # the first change after the ask (the output runs L samples behind the mix)
+    landed = asked_at + int(np.flatnonzero(np.abs(out[asked_at + L:, 0] - 0.2) > 1e-6)[0])
     assert abs(landed - expected) <= 1, (landed, expected)
-    assert e.stats().transitions == (1,)
+    assert e.stats().transitions == ((1,) if action == "next" else (0,))
+    if action == "recall":
+        assert np.all(out[landed + L:, 0] == 0.0)  # no glide: silent from that sample
 
 
 def test_quantize_off_applies_at_once_and_beat_uses_the_internal_tempo() -> None:

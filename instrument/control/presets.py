@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from instrument.control.tomlfile import read_versioned, toml_value, write_atomic
 from instrument.errors import ParamError
-from instrument.params import Param, Ref, Registry, Value
+from instrument.params import Param, Ref, Registry, Value, as_float
 
 if TYPE_CHECKING:
     from instrument.control.midi import MidiControl
@@ -244,32 +244,23 @@ class PresetStore:
     def recall(self, engine: Engine, name_or_index: str | int | float, glide: float | None = None,
                frame: int = -1) -> RecallResult:
         """Apply a preset. Mixer settings glide over `glide` seconds (None: the preset's own glide,
-        else each parameter's smoothing); prompts and generation settings apply at once. With
-        `frame` >= 0 everything lands at that output frame (quantized recall)."""
+        else each parameter's smoothing); prompts and generation settings go to the generator at
+        once. With `frame` >= 0 the mixer settings land at that output frame and each new prompt's
+        first clip cuts in there too, or on the first grid boundary after it arrives when later
+        (quantized recall)."""
         preset = self.load(name_or_index, engine.registry)
         g = preset.glide if glide is None else glide
         if g is not None and not 0 <= g <= 600:
             raise ParamError(f"preset recall: glide {g:g} s: allowed 0..600")
         plan, skipped = self._plan(engine, preset)
-        gen = [v for r, v in plan if r.param.key == "slot/prompt" and isinstance(v, str) and v.strip()]
-        if gen:
-            from instrument.generator.conditioning import parse_blend
-
-            for text in gen:  # check every prompt first: a bad blend must not half-apply the preset
+        for ref, value in plan:  # a bad blend must not half-apply the preset
+            if ref.param.key == "slot/prompt":
                 try:
-                    parse_blend(text)
-                except ValueError as e:
+                    engine.check(ref, value)
+                except ParamError as e:
                     raise ParamError(f"preset {preset.slug}: {e}") from None
-        prefix = engine.registry.prefix
         for ref, value in plan:
-            if ref.param.target == "mixer":
-                engine.set(ref, value, frame, glide=g)
-            else:
-                args = list(value) if isinstance(value, tuple) else [value]
-                if frame >= 0:
-                    engine.at(frame, ref.address(prefix), args)
-                else:
-                    engine.handle(ref.address(prefix), args)
+            engine.set(ref, value, frame, glide=g if ref.param.target == "mixer" else None)
         log.info("preset %s recalled (%d changes%s)", preset.slug, len(plan),
                  f"; skipped {', '.join(skipped)}" if skipped else "")
         return RecallResult(preset, len(plan), tuple(skipped))
@@ -338,7 +329,12 @@ class ControlActions:
         self.current = path.stem
         return path
 
-    def recall(self, name_or_index: str | int | float, glide: float | None = None, frame: int = -1) -> RecallResult:
+    def recall(self, name_or_index: str | int | float, glide: float | None = None,
+               frame: int | None = None) -> RecallResult:
+        """Recall a preset; with no `frame`, on the next beat or bar when quantizing, else at once."""
+        if frame is None:
+            q = self.engine.quantized_frame()
+            frame = -1 if q is None else q
         result = self.presets.recall(self.engine, name_or_index, glide, frame)
         self.current = result.preset.slug
         return result
@@ -346,7 +342,7 @@ class ControlActions:
     def arm(self, name_or_index: str | int | float) -> int:
         return self.presets.arm(self.engine, name_or_index)
 
-    def step(self, delta: int, glide: float | None = None, frame: int = -1) -> RecallResult:
+    def step(self, delta: int, glide: float | None = None, frame: int | None = None) -> RecallResult:
         names = self.presets.names()
         if not names:
             raise ParamError("no presets stored yet: /endless/preset/store NAME")
@@ -359,6 +355,30 @@ class ControlActions:
             raise ParamError("MIDI learn needs MIDI input: start with --midi-in PATTERN (or --midi-virtual)")
         self.midi.learn(address, preset)
 
+    def osc_handlers(self) -> dict[str, Callable[[tuple[object, ...]], object]]:
+        """The OSC addresses (below the prefix) for presets and MIDI learn, for `OscServer(actions=)`."""
+
+        def glide(args: tuple[object, ...], i: int) -> float | None:
+            return as_float(args[i]) if len(args) > i else None  # type: ignore[arg-type]
+
+        def one(args: tuple[object, ...], what: str) -> str | int | float:
+            if not args or not isinstance(args[0], (str, int, float)):
+                raise ParamError(f"{self.engine.registry.prefix}/{what}: give a preset name or number")
+            return args[0]
+
+        def learn(args: tuple[object, ...]) -> None:
+            preset = one(args[1:], "learn ACTION") if len(args) > 1 else None
+            self.learn(str(args[0]) if args else None, preset if preset is None else _int_or_str(preset))
+
+        return {
+            "preset/store": lambda a: self.store(str(one(a, "preset/store"))),
+            "preset/recall": lambda a: self.recall(one(a, "preset/recall"), glide(a, 1)),
+            "preset/arm": lambda a: self.arm(one(a, "preset/arm")),
+            "preset/next": lambda a: self.step(1, glide(a, 0)),
+            "preset/previous": lambda a: self.step(-1, glide(a, 0)),
+            "learn": learn,
+        }
+
     def midi_action(self, action: str, preset: str | int | None, glide: float | None) -> None:
         if action == "preset/recall" and preset is not None:
             self.recall(preset, glide)
@@ -368,3 +388,12 @@ class ControlActions:
             self.step(1 if action == "preset/next" else -1, glide)
         else:
             raise ParamError(f"MIDI action {action}: unknown, or it needs a preset")
+
+
+def _int_or_str(value: str | int | float) -> str | int:
+    """A preset named over OSC: a number (Pd sends floats) as an int, else the name."""
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ParamError(f"preset {value:g}: give a name or a whole number")
+        return int(value)
+    return value
