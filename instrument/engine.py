@@ -9,7 +9,6 @@ render), never on the audio thread. Live, whoever changes the engine holds `engi
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import itertools
 import logging
@@ -232,18 +231,6 @@ class Engine:
         return self.transport.next_boundary(self.mixer.frame + self.guard_frames, "beat" if q == "beat" else "bar")
 
     # -- scripts ---------------------------------------------------------------------------------
-    def at(self, frame: int, address: str, args: Sequence[object]) -> tuple[Ref, Value]:
-        """Validate now; apply at output `frame` (sample-accurate for mixer parameters, at the next
-        control tick at or after the frame for the rest, e.g. prompts). Quantize and presets use this."""
-        ref = self.registry.resolve(address)
-        value = self.registry.coerce(ref, args)
-        if ref.param.target == "mixer":
-            self.set(ref, value, frame)
-        else:
-            bisect.insort(self._control, (frame, Event(frame / self.cfg.sample_rate, address, tuple(args))),
-                          lo=self._control_i, key=lambda fe: fe[0])
-        return ref, value
-
     def load_script(self, events: list[Event]) -> None:
         sr = self.cfg.sample_rate
         self._script, self._control = [], []
