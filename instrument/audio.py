@@ -84,10 +84,12 @@ class PlaySummary:
     callbacks: int
     clips_dropped: int
     recorder_overflows: int
+    audio_thread_frees: int = 0
 
     def line(self) -> str:
+        frees = f", {self.audio_thread_frees} clips freed on the audio thread" if self.audio_thread_frees else ""
         return (f"played {self.seconds:.1f} s: {self.underflows} underflows, {self.starvations} starvations, "
-                f"{self.clips_dropped} clips dropped, {self.recorder_overflows} recorder overflows")
+                f"{self.clips_dropped} clips dropped, {self.recorder_overflows} recorder overflows{frees}")
 
 
 class Output:
@@ -199,4 +201,4 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
         sys.setswitchinterval(switch_interval)
     st = engine.stats()
     return PlaySummary(engine.mixer.frame / sr, out.underflows, sum(st.starvations), out.callbacks,
-                       st.clips_dropped, recorder.overflows if recorder else 0)
+                       st.clips_dropped, recorder.overflows if recorder else 0, st.audio_thread_frees)

@@ -60,6 +60,7 @@ class EngineStats:
     clips_dropped: int
     commands_rejected: int
     limiter_db: float
+    audio_thread_frees: int  # clips freed on the audio thread (the return ring was full): should stay 0
 
 
 class Engine:
@@ -347,6 +348,7 @@ class Engine:
             clips_dropped=m.clips_dropped,
             commands_rejected=m.commands_rejected,
             limiter_db=m.limiter.reducing,
+            audio_thread_frees=m.audio_thread_frees,
         )
 
 

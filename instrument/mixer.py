@@ -237,6 +237,12 @@ class Mixer:
         if not self._returns.push(clip):
             self.return_overflows += 1  # the buffer is freed here: rare, and counted
 
+    @property
+    def audio_thread_frees(self) -> int:
+        """Clips freed on the audio thread because the way back was full (should stay 0: the
+        control loop takes retired clips back every tick)."""
+        return self.return_overflows
+
     # -- gains -----------------------------------------------------------------------------------
     def _set_ramp(self, slot: int, left: float, right: float, samples: int) -> None:
         """Glide a slot's stereo gain (slot -1: the master's) to (left, right) over `samples`."""
@@ -746,6 +752,10 @@ class _CMixer(Mixer):
     def retired_lost(self) -> int:
         """Clip ids freed without being reported back (a full list; should stay 0)."""
         return int(self._st.retired_lost)
+
+    @property
+    def audio_thread_frees(self) -> int:
+        return self.return_overflows + self.retired_lost  # a lost id's clip goes when its slot is reused
 
     def process(self, out: np.ndarray) -> None:
         # In a callback every Python operation runs with cold caches (~1 us each, 10x the warm

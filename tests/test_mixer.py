@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from instrument.engine import Engine
-from instrument.mixer import MixerConfig
+from instrument.mixer import OP_FLUSH, Command, MixerConfig
 from instrument.render import render
 
 SR = 44100
@@ -227,6 +227,25 @@ def test_queue_full_drops_clip_and_flush_returns_buffers() -> None:
     e.pump()
     assert e.stats().queue_depths == (0,)
     assert e.buffers_returned == 3  # two dropped + one flushed come back to the control side
+    assert e.stats().audio_thread_frees == 0
+
+
+@pytest.mark.parametrize("pure", ["1", "0"])
+def test_clips_freed_on_the_audio_thread_are_counted(pure: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the control side stops taking retired clips back, the way back fills up and the audio
+    thread frees them itself: counted, and reported at the end of a set."""
+    monkeypatch.setenv("ENDLESS_PURE_PYTHON", pure)
+    e = engine(queue_capacity=2)
+    clip = noise(0.01, 1)
+    for _ in range(100):  # 200 clips retired, nothing takes them back (no pump)
+        e.push_clip(0, clip.copy())
+        e.push_clip(0, clip.copy())
+        e.mixer.send(Command(OP_FLUSH, 0))
+        e.mixer.process(np.zeros((64, 2), np.float32))
+    room = 4 * (2 + 2) + 64  # the return ring's size for one slot
+    assert e.stats().audio_thread_frees == 200 - room  # each clip flushed or played out (10 ms each)
+    e.pump()
+    assert e.buffers_returned == room
 
 
 def test_next_trigger_crossfades_now_and_ignores_empty_queue() -> None:

@@ -254,7 +254,9 @@ def test_every_address_is_accepted_echoed_and_takes_effect(serve: Any, key: str,
     assert server.stats.applied == 1 and server.stats.errors == 0
     if gen is not None:
         after = getattr(gen.plans[SLOTS - 1], case.plan)
-        want = before + 1 if case.plan == "generation" else after if key == "slot/weights" else value
+        # weights (1, 3) over "rain | thunder" reweigh the blend the generator is asked for
+        want = before + 1 if case.plan == "generation" else "rain:0.25 | thunder:0.75" if key == "slot/weights" \
+            else value
         assert after == want and after != before, (before, after)
         return
     for e in (ref_e, osc_e):

@@ -84,18 +84,20 @@ def test_quantized_next_and_recall_land_on_the_bar_of_a_midi_clock(bpm: float, a
         assert np.all(out[landed + L:, 0] == 0.0)  # no glide: silent from that sample
 
 
-def test_quantize_off_applies_at_once_and_beat_uses_the_internal_tempo() -> None:
+@pytest.mark.parametrize("quantize", ["off", "beat"])
+def test_quantize_off_applies_at_once_and_beat_uses_the_internal_tempo(quantize: str) -> None:
     e = _dc_engine(None)
-    e.handle("/endless/quantize", ["beat"])
+    e.handle("/endless/quantize", [quantize])
     e.handle("/endless/tempo", [100.0])
     from instrument.render import render
 
     render(e, 1.0, 512)
-    e.handle("/endless/slot/1/next", [])  # at frame 44100 (beat 1.67): lands on beat 2
+    e.handle("/endless/slot/1/next", [])  # at frame 44100 (beat 1.67)
     out = render(e, 1.0, 512)
     L = e.mixer.limiter.latency
     landed = SR + int(np.flatnonzero(out[:, 0] > 0.2 + 1e-6)[0]) - L
-    assert landed == round(2 * SR * 60 / 100)
+    # off: on the next block's first sample (the frame it was sent at); beat: on beat 2
+    assert landed == (SR if quantize == "off" else round(2 * SR * 60 / 100))
 
 
 # -- a new prompt with a full queue: the scheduler's side, with clips the test hands in --------------
