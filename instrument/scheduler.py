@@ -198,6 +198,10 @@ class Scheduler:
         p.inbox.append(Clip(msg.audio, msg.sample_rate, info, cut=p.cut))
         p.cut = False
 
+    def derived_seed(self, slot: int, n: int) -> int:
+        """The seed of a slot's n-th request when the slot has no seed of its own (the same every run)."""
+        return int(np.random.SeedSequence((self.base_seed, slot, n)).generate_state(1, np.uint32)[0])
+
     def _buffered(self, slot: int) -> float:
         s = sum(c.seconds for c in self.plans[slot].inbox)
         if self.engine is not None:
@@ -213,8 +217,7 @@ class Scheduler:
         want.sort(key=lambda i: (not self.plans[i].cut, self._buffered(i), i))
         for i in want:
             p = self.plans[i]
-            seed = p.seed if p.seed >= 0 else int(np.random.SeedSequence((self.base_seed, i, p.count))
-                                                   .generate_state(1, np.uint32)[0])
+            seed = p.seed if p.seed >= 0 else self.derived_seed(i, p.count)
             req = Request(self._next_id, i, p.prompt, seed, p.steps, p.guidance, p.seconds, p.generation,
                           priority=p.cut)
             self._next_id += 1

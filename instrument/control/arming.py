@@ -14,8 +14,6 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
-
 from instrument.clips import Clip, ClipInfo
 from instrument.errors import ParamError
 from instrument.generator.protocol import ClipReady, Request
@@ -56,12 +54,7 @@ class ArmingScheduler(Scheduler):
             raise ParamError(f"arm: slot {slot + 1} out of range 1..{len(self.plans)}")
         if not prompt.strip():
             return False
-        from instrument.generator.conditioning import parse_blend
-
-        try:
-            parse_blend(prompt)
-        except ValueError as e:
-            raise ParamError(f"arm slot {slot + 1}: {e}") from None
+        self.check(slot, "slot/prompt", prompt)
         p = self.plans[slot]
         key = ArmKey(prompt, p.steps if steps is None else int(steps), p.guidance if guidance is None else float(guidance),
                      p.seconds if seconds is None else float(seconds), max(-1, p.seed if seed is None else int(seed)))
@@ -79,8 +72,7 @@ class ArmingScheduler(Scheduler):
                 self.client.cancel(ids)
         n = self._arm_count[slot]
         self._arm_count[slot] += 1
-        use_seed = key.seed if key.seed >= 0 else int(
-            np.random.SeedSequence((self.base_seed, slot, ARM_SEED_OFFSET + n)).generate_state(1, np.uint32)[0])
+        use_seed = key.seed if key.seed >= 0 else self.derived_seed(slot, ARM_SEED_OFFSET + n)
         req = Request(self._next_id, slot, prompt, use_seed, key.steps, key.guidance, key.seconds, generation=-1)
         self._next_id += 1
         self._arm_ids[req.id] = (slot, key)
