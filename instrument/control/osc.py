@@ -437,7 +437,7 @@ class OscServer:
         for w in job.work:
             if isinstance(w, _Set):
                 try:
-                    self.engine.handle(w.address, w.args)
+                    self.engine.set(w.ref, w.value)  # resolved and coerced on arrival
                 except ParamError as e:
                     self._error(job.peer, w.address, str(e))
                     continue
