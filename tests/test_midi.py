@@ -589,6 +589,15 @@ def test_immediate_applies_on_rtmidis_thread_when_the_engine_is_free(controller:
         ctl.send(mido.Message("note_on", channel=0, note=48, velocity=100))
         assert wake.wait(5) and e.values[("slot/mute", 1)] is False
         assert midi.drain(e) == 1 and e.values[("slot/mute", 1)] is True
+        # MIDI clock waiting in the inbox does not hold a CC back: it is applied with it
+        midi.realtime.append(transport_feed(e))
+        with e.lock:
+            ctl.send(mido.Message("start"))
+            ctl.send(mido.Message("clock"))
+            assert _wait(lambda: len(midi._inbox) == 2, 5)
+        ctl.send(mido.Message("control_change", channel=0, control=7, value=0))
+        assert _wait(lambda: e.values[gain] == -60.0, 5) and not midi._inbox
+        assert e.transport.running
     finally:
         midi.close()
 

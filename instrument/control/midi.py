@@ -375,10 +375,12 @@ class MidiControl:
         """May the arriving thread apply the inbox itself? Only parameter changes from control
         changes (faders, knobs, encoders: what must feel attached): notes, program changes and
         CC-bound actions may recall a preset, and MIDI learn saves a file, so those stay with the
-        control thread, as does anything queued behind one of them."""
+        control thread, as does anything queued behind one of them. MIDI clock and transport
+        (start, stop, continue, song position) only move the grid, so they go along."""
         s = self.surface
         return (self.cfg.immediate and engine is not None and s is not None and not s.cc_actions
-                and self._learner is None and all(0xB0 <= ev.data[0] <= 0xBF for ev in self._inbox))
+                and self._learner is None
+                and all(0xB0 <= ev.data[0] <= 0xBF or ev.data[0] in REALTIME for ev in self._inbox))
 
     def inject(self, data: Sequence[int], port: str = "test", t: float | None = None) -> None:
         """Queue a message as if it had arrived (scripts, tests)."""
