@@ -105,7 +105,7 @@ def main() -> int:
 
     import torch
 
-    from instrument.coreml.convert import convert_main, convert_transformer
+    from instrument.coreml.convert import convert_main, convert_transformer, pipeline_call
     from instrument.coreml.runtime import (
         MAX_REL_ERROR,
         MIN_FINITE_RATIO,
@@ -136,22 +136,7 @@ def main() -> int:
     request = ClipRequest(PROMPT, seed=0, duration=CLIP_SECONDS, guidance=GUIDANCE)
     pipe.condition(PROMPT)  # T5 cached, as in a set
 
-    # one batch-2 transformer call as the pipeline makes it (captured from a 1-step run)
-    captured: list[dict[str, Any]] = []
-
-    class Capture(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, **kw: Any) -> Any:
-            captured.append(kw)
-            return self.inner(**kw)
-
-    pipe.model.transformer = Capture(reference)
-    pipe.denoise([request], 1)
-    pipe.model.transformer = reference
-    step_kw = captured[0]
+    step_kw = pipeline_call(pipe, [request])  # one batch-2 transformer call as the pipeline makes it
 
     def step() -> Any:
         return pipe.model.transformer(**step_kw)

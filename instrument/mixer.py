@@ -758,38 +758,35 @@ class _CMixer(Mixer):
         return self.return_overflows + self.retired_lost  # a lost id's clip goes when its slot is reused
 
     def process(self, out: np.ndarray) -> None:
-        # In a callback every Python operation runs with cold caches (~1 us each, 10x the warm
-        # cost), so the usual case (no command due, one sub-block, an n x 2 C-contiguous float32
-        # buffer) is _render inlined, with nothing else: a ring's items are not looked at unless its
-        # positions say something is in it.
+        # In a callback every Python operation runs with cold caches, so the usual case (no
+        # command due, one sub-block) goes straight to _render: a ring's items are not looked at
+        # unless its positions say something is in it.
         n = len(out)
         cmds, timed = self._cmds, self._timed
-        if cmds._w == cmds._r and n <= self._maxb and out.dtype is _F32:
+        if cmds._w == cmds._r and n <= self._maxb:
             if timed._w != timed._r:
                 t = timed.peek()
                 if t is not None and t.frame < self.frame + n:
                     self._process(out)
                     return
-            try:
-                buf = self._from_buffer("float[]", out, True)
-            except (BufferError, TypeError, ValueError):  # not contiguous, or read-only
-                buf = None
-            if buf is not None and len(buf) == 2 * n:
-                if self._mc_render(self._st, buf, n):
-                    self._drain()
-                self.frame += n
-                return
+            self._render(out)
+            return
         self._process(out)
+
+    def _view(self, o: np.ndarray) -> Any:
+        """A cffi view for C to write straight into `o`, or None unless it is n x 2 C-contiguous float32."""
+        if o.dtype is not _F32:
+            return None
+        try:
+            buf = self._from_buffer("float[]", o, True)
+        except (BufferError, TypeError, ValueError):  # not contiguous, or read-only
+            return None
+        return buf if len(buf) == 2 * o.shape[0] else None
 
     def _render(self, o: np.ndarray) -> None:
         n = o.shape[0]
-        buf = None
-        if o.dtype is _F32:
-            try:  # C writes straight into `o` when it is n x 2 C-contiguous float32
-                buf = self._from_buffer("float[]", o, True)
-            except (BufferError, TypeError, ValueError):  # not contiguous, or read-only
-                buf = None
-        if buf is not None and len(buf) == 2 * n:
+        buf = self._view(o)
+        if buf is not None:
             if self._mc_render(self._st, buf, n):
                 self._drain()
         else:  # anything else: render into our buffer and let numpy copy (and cast)

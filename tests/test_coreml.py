@@ -50,6 +50,7 @@ from instrument.coreml.convert import (
     inspect_package,
     load_transformer,
     package_problems,
+    pipeline_call,
     rope_tables,
     timestep_projection,
     transformer_fingerprint,
@@ -148,24 +149,7 @@ def swapped(pipe: Any) -> Iterator[Any]:
 
 def _pipeline_inputs(pipe: Any, prompts: tuple[str, ...] = ("rain", "wind over the sea at night")) -> dict[str, Any]:
     """One transformer call as the pipeline makes it (captured from a real 1-step run)."""
-    calls = []
-
-    class Capture(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, **kw: Any) -> Any:
-            calls.append(kw)
-            return self.inner(**kw)
-
-    inner = pipe.model.transformer
-    pipe.model.transformer = Capture(inner)
-    try:
-        pipe.denoise([ClipRequest(p, seed=i) for i, p in enumerate(prompts)], steps=1)
-    finally:
-        pipe.model.transformer = inner
-    return calls[0]
+    return pipeline_call(pipe, [ClipRequest(p, seed=i) for i, p in enumerate(prompts)])
 
 
 def _wrapper_feeds(kw: dict[str, Any]) -> list[torch.Tensor]:

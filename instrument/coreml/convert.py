@@ -175,6 +175,29 @@ def sample_inputs(audio_seq_len: int, text_dim: int, seed: int = 0) -> OrderedDi
     )
 
 
+def pipeline_call(pipe: Any, requests: list[Any]) -> dict[str, Any]:
+    """The keyword arguments of one transformer call as the pipeline makes it for `requests`
+    (`ClipRequest`s), captured from a real 1-step run: what parity checks and timings feed."""
+    calls: list[dict[str, Any]] = []
+
+    class Capture(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **kw: Any) -> Any:
+            calls.append(kw)
+            return self.inner(**kw)
+
+    inner = pipe.model.transformer
+    pipe.model.transformer = Capture(inner)
+    try:
+        pipe.denoise(requests, steps=1)
+    finally:
+        pipe.model.transformer = inner
+    return calls[0]
+
+
 # -- loading only the transformer ----------------------------------------------------------------
 def load_transformer(root: Path) -> FluxTransformer2DModel:
     """The checkpoint's Flux transformer alone (fp32, CPU, eval): T5 and the VAE are not loaded."""
