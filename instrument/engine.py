@@ -63,6 +63,16 @@ class EngineStats:
     audio_thread_frees: int  # clips freed on the audio thread (the return ring was full): should stay 0
 
 
+@dataclass
+class _Cut:
+    """A new prompt's quantized cut, held until the mixer takes its clip; a newer prompt calls it off."""
+
+    frame: int
+    push: int  # `Engine._sent` once its first clip was sent: it waits until the mixer has that many
+    cmds: list[Command]  # its flush, clips and next, and the clips queued behind it on its frame
+    events: list[ClipEvent]  # its clips as logged
+
+
 class Engine:
     def __init__(self, cfg: MixerConfig, source: ClipSource | None = None, target_depth: int = 2,
                  prefix: str = "/endless") -> None:
@@ -85,9 +95,7 @@ class Engine:
         self._sent = [0] * cfg.slots  # clip pushes sent per slot (the mixer counts those applied)
         self._flushes = [0] * cfg.slots  # flushes sent per slot (the mixer counts those applied)
         self._sent_at_flush = [0] * cfg.slots  # `_sent` when the slot's last flush was sent
-        self._cuts: list[list[Command]] = [[] for _ in range(cfg.slots)]  # a quantized cut's commands
-        self._cut_push = [0] * cfg.slots  # `_sent` once the cut's clip was sent: it waits until applied
-        self._cut_events: list[list[ClipEvent]] = [[] for _ in range(cfg.slots)]  # its clips, as logged
+        self._cuts: list[_Cut | None] = [None] * cfg.slots  # a quantized cut waiting for its frame
         self._not_before = [0] * cfg.slots  # a new prompt given for a frame cuts in no earlier
         self.listeners: list[Listener] = []
         self._script: list[Event] = []  # mixer events: queued ahead as commands timed to their frame
@@ -184,52 +192,50 @@ class Engine:
             self._sent_at_flush[cmd.slot] = self._sent[cmd.slot]
         return True
 
-    def _waiting_cut(self, slot: int) -> int | None:
-        """The frame of the slot's quantized cut while it waits (its clip not yet in the mixer)."""
+    def _waiting_cut(self, slot: int) -> _Cut | None:
+        """The slot's quantized cut while it waits (its clip not yet in the mixer); forgets it after."""
         cut = self._cuts[slot]
-        if cut and self.mixer.slots[slot].pushes < self._cut_push[slot]:
-            return cut[0].frame
-        cut.clear()  # applied: let the clips go
-        self._cut_events[slot].clear()
-        return None
+        if cut is not None and self.mixer.slots[slot].pushes >= cut.push:
+            cut = self._cuts[slot] = None  # applied: let its clips go
+        return cut
 
     def _call_off_cut(self, slot: int) -> None:
         """Take back the commands of the slot's waiting cut that are still held here."""
-        if self._waiting_cut(slot) is None:
+        cut = self._waiting_cut(slot)
+        if cut is None:
             return
-        ids = {id(c) for c in self._cuts[slot]}
+        self._cuts[slot] = None
+        ids = {id(c) for c in cut.cmds}
         gone = [t[2] for t in self._timed if id(t[2]) in ids]
-        if gone:
-            self._timed = [t for t in self._timed if id(t[2]) not in ids]
-            heapq.heapify(self._timed)
-            for c in gone:
-                if c.op == OP_PUSH:
-                    self._sent[slot] -= 1
-                elif c.op == OP_FLUSH:
-                    self._flushes[slot] -= 1
-            pushes = sum(c.op == OP_PUSH for c in gone)
-            for event in self._cut_events[slot][-pushes:] if pushes else ():
-                if event in self.clip_log:
-                    self.clip_log.remove(event)  # never handed to the slot
-        self._cuts[slot].clear()
-        self._cut_events[slot].clear()
+        if not gone:
+            return
+        self._timed = [t for t in self._timed if id(t[2]) not in ids]
+        heapq.heapify(self._timed)
+        pushes = sum(c.op == OP_PUSH for c in gone)
+        self._sent[slot] -= pushes
+        self._flushes[slot] -= sum(c.op == OP_FLUSH for c in gone)
+        for event in cut.events[-pushes:] if pushes else ():
+            if event in self.clip_log:
+                self.clip_log.remove(event)  # never handed to the slot
 
     def cut_frame(self, slot: int) -> int | None:
         """Where a new prompt's first clip for the slot cuts in, or None for at once: the next beat
         or bar far enough ahead when quantizing, and never before the frame its change was given
         for (a recall's prompts cut on the frame its mixer settings land on)."""
-        soonest = self.mixer.frame + self.guard_frames
-        q = self.values[("quantize", None)]
-        if q == "off":
-            return self._not_before[slot] if self._not_before[slot] > soonest else None
-        return self.transport.next_boundary(max(soonest, self._not_before[slot]), "beat" if q == "beat" else "bar")
+        not_before = self._not_before[slot]
+        q = self.quantized_frame(not_before)
+        if q is None and not_before > self.mixer.frame + self.guard_frames:
+            return not_before
+        return q
 
-    def quantized_frame(self) -> int | None:
-        """The next beat or bar frame far enough ahead to be met, or None when not quantizing."""
+    def quantized_frame(self, not_before: int = 0) -> int | None:
+        """The next beat or bar frame far enough ahead to be met (and not before `not_before`), or
+        None when not quantizing."""
         q = self.values[("quantize", None)]
         if q == "off":
             return None
-        return self.transport.next_boundary(self.mixer.frame + self.guard_frames, "beat" if q == "beat" else "bar")
+        start = max(self.mixer.frame + self.guard_frames, not_before)
+        return self.transport.next_boundary(start, "beat" if q == "beat" else "bar")
 
     # -- scripts ---------------------------------------------------------------------------------
     def load_script(self, events: list[Event]) -> None:
@@ -298,24 +304,23 @@ class Engine:
                 if clip.sample_rate != self.cfg.sample_rate:
                     raise ValueError(f"clip at {clip.sample_rate} Hz for a {self.cfg.sample_rate} Hz mixer")
                 cut = clip.cut and self.mixer.slots[i].started
-                at = self.cut_frame(i) if cut else self._waiting_cut(i)
+                waiting = None if cut else self._waiting_cut(i)
+                at = self.cut_frame(i) if cut else None if waiting is None else waiting.frame
                 if at is not None:
                     # on the grid: a new prompt's flush, first clip and cut go together; clips after
                     # it queue behind it on the same frame, in order
-                    push = Command(OP_PUSH, i, clip=clip.audio, frame=at)
-                    cmds = [push]
+                    cmds = [Command(OP_PUSH, i, clip=clip.audio, frame=at)]
                     if cut:
                         self._call_off_cut(i)
-                        self._cut_events[i].clear()
                         if i in self._flush_pending:
                             self._flush_pending.discard(i)
                             cmds.insert(0, Command(OP_FLUSH, i, frame=at))
                         cmds.append(Command(OP_NEXT, i, frame=at))
                     for c in cmds:
                         self._send(c)
-                    if cut:
-                        self._cut_push[i] = self._sent[i]
-                    self._cuts[i] += cmds
+                    if waiting is None:
+                        waiting = self._cuts[i] = _Cut(at, self._sent[i], [], [])
+                    waiting.cmds += cmds
                 else:
                     if i in self._flush_pending:
                         if not self._send(Command(OP_FLUSH, i)):
@@ -328,8 +333,8 @@ class Engine:
                 event = ClipEvent(self.mixer.frame if at is None else at, i, clip.info.prompt, clip.info.seed,
                                   clip.info.source, cut)
                 self.clip_log.append(event)
-                if at is not None:
-                    self._cut_events[i].append(event)
+                if waiting is not None:
+                    waiting.events.append(event)
                 sent += 1
         return sent
 
