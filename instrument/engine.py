@@ -9,6 +9,7 @@ render), never on the audio thread. Live, whoever changes the engine holds `engi
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -125,6 +126,7 @@ class Engine:
             q = self.quantized_frame()
             frame = q if q is not None else frame
         if p.target == "generator":
+            self.check(ref, value)  # before anything changes
             if frame >= 0 and ref.slot is not None:
                 self._not_before[ref.slot] = frame  # e.g. a quantized recall: its cut lands with its mix
             self._generator_set(ref, value)
@@ -157,7 +159,6 @@ class Engine:
         self.generator.check(ref.slot, ref.param.key, value)
 
     def _generator_set(self, ref: Ref, value: Value) -> None:
-        self.check(ref, value)
         gen, p = self.generator, ref.param
         assert gen is not None and ref.slot is not None
         if p.key == "slot/prompt":
@@ -215,7 +216,7 @@ class Engine:
         self._sent[slot] -= pushes
         self._flushes[slot] -= sum(c.op == OP_FLUSH for c in gone)
         for event in cut.events[-pushes:] if pushes else ():
-            if event in self.clip_log:
+            with contextlib.suppress(ValueError):  # (already out of the bounded log)
                 self.clip_log.remove(event)  # never handed to the slot
 
     def cut_frame(self, slot: int) -> int | None:

@@ -93,7 +93,6 @@ class ControlLog:
         except OSError as e:
             raise ScriptError(f"--log-control {path}: cannot write ({e.strerror}): check the folder") from None
         self.engine = engine
-        self.lines = 0
         self._q: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         for (key, slot), value in sorted(engine.values.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
             p = engine.registry[key]
@@ -112,7 +111,6 @@ class ControlLog:
     def _write(self) -> None:
         while (ev := self._q.get()) is not None:
             self._f.write(ev.to_json() + "\n")
-            self.lines += 1
 
     def close(self) -> None:
         if self._changed in self.engine.listeners:

@@ -1,7 +1,8 @@
 """Control inputs: everything that turns a controller's gesture into a registry change.
 
-Each input reads on its own threads and hands work to the control thread (the play loop), which
-applies it through `Engine.handle`, so the engine and the mixer's command ring keep one producer;
+Each input reads on its own threads and hands work to the control thread (the play loop), or
+applies plain value changes itself when the engine's lock is free (`immediate`); whoever applies
+holds `engine.lock`, so the engine and the mixer's command ring keep one producer;
 they share one wake event, so the loop sleeps until any of them has work.
 
   osc       the OSC server: UDP and TCP/SLIP, its address space derived from the parameter

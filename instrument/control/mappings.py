@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from instrument.control.tomlfile import check_keys, read_versioned, toml_value
 from instrument.errors import ConfigError, ParamError
-from instrument.params import DEFAULT_PREFIX, Param, Ref, Registry, Value
+from instrument.params import DEFAULT_PREFIX, Param, Ref, Registry, Value, as_float
 
 if TYPE_CHECKING:
     from instrument.engine import Engine
@@ -548,12 +548,6 @@ def _normalized_bounds(b: Binding, p: Param) -> tuple[float, float]:
     return (0.0 if b.min is None else p.to_normalized(b.min)), (1.0 if b.max is None else p.to_normalized(b.max))
 
 
-def _as_float(v: Value) -> float:
-    if isinstance(v, (str, tuple)):
-        raise TypeError(f"{v!r} is not a number")
-    return float(v)
-
-
 def curve_value(b: Binding, p: Param, x: float) -> Value:
     """The parameter value at control position x (0..1), in range for the registry.
 
@@ -567,7 +561,7 @@ def curve_value(b: Binding, p: Param, x: float) -> Value:
     lo, hi = _bounds(b, p)
     if b.curve == "param":
         nlo, nhi = _normalized_bounds(b, p)
-        v = _as_float(p.from_normalized(nlo + (nhi - nlo) * x))
+        v = as_float(p.from_normalized(nlo + (nhi - nlo) * x))
     elif b.curve == "linear":
         v = lo + (hi - lo) * x
     elif b.curve == "log":
@@ -585,7 +579,7 @@ def curve_position(b: Binding, p: Param, value: Value) -> float:
     if p.kind == "enum":
         return p.to_normalized(value)
     lo, hi = _bounds(b, p)
-    v = _as_float(value)
+    v = as_float(value)
     if b.curve == "param":
         nlo, nhi = _normalized_bounds(b, p)
         x = (p.to_normalized(v) - nlo) / (nhi - nlo)

@@ -152,11 +152,10 @@ class Learner:
             return None
         ch = self.ccs[0][0]
         last = {cc: v for c, cc, v in self.ccs if c == ch}
-        order = [cc for c, cc, _ in self.ccs if c == ch]
         if {99, 98, 6} <= last.keys():
             return Binding("nrpn", last[99] << 7 | last[98], self.target, ch, bits=14 if 38 in last else 7,
                            preset=self.preset)
-        first = order[0]
+        first = self.ccs[0][1]
         if first < 32 and first + 32 in last:
             return Binding("cc14", first, self.target, ch, preset=self.preset)
         return Binding("cc", first, self.target, ch, preset=self.preset)
@@ -378,9 +377,13 @@ class MidiControl:
         control thread, as does anything queued behind one of them. MIDI clock and transport
         (start, stop, continue, song position) only move the grid, so they go along."""
         s = self.surface
-        return (self.cfg.immediate and engine is not None and s is not None and not s.cc_actions
-                and self._learner is None
-                and all(0xB0 <= ev.data[0] <= 0xBF or ev.data[0] in REALTIME for ev in self._inbox))
+        if not (self.cfg.immediate and engine is not None and s is not None and not s.cc_actions
+                and self._learner is None):
+            return False
+        try:
+            return all(0xB0 <= ev.data[0] <= 0xBF or ev.data[0] in REALTIME for ev in self._inbox)
+        except RuntimeError:  # another thread changed the inbox meanwhile (checked before the lock)
+            return False
 
     def inject(self, data: Sequence[int], port: str = "test", t: float | None = None) -> None:
         """Queue a message as if it had arrived (scripts, tests)."""

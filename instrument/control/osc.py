@@ -4,15 +4,17 @@ Threads; the engine is changed only by a thread holding `engine.lock`:
   receiver  one selector loop over the UDP socket, the TCP listener and its connections. It parses
             packets (python-osc), routes addresses through a Dispatcher built from the registry,
             and validates values with the registry. With `OscConfig.immediate` (what `endless
-            play` uses) it then applies the packet itself when the engine's lock is free (the
-            control loop is asleep, which is almost always): the change is in the mixer's command
+            play` uses) it then applies a packet of values, pings and dumps itself when the
+            engine's lock is free (the control loop is asleep, which is almost always) and only
+            such work waits before it (actions and record start/stop touch files: they stay with
+            the control thread): the change is in the mixer's command
             ring ~0.24 ms (median, busy 2-core machine: `python benchmarks/bench_control.py`)
             after the datagram is read, with no second thread to wake. Otherwise, and
             whenever the control loop is busy, it queues the work on the inbox, each message with
             its sender, and sets the `wake` event (which other inputs may share); queued work is
             always applied first, so messages keep their order.
   control   the play loop calls `drain(engine)` each tick (holding the lock): it applies the inbox
-            through `Engine.handle`, and builds the status snapshot (at most `status_hz` a second,
+            through `Engine.set`, and builds the status snapshot (at most `status_hz` a second,
             coalesced: a new one only once the last has been sent). Between ticks it sleeps on
             `wake` (or `wait()`). Either way the mixer's command ring has one producer at a time.
   sender    encodes and sends everything outgoing: replies, errors, echoes, sync dumps, status.
@@ -231,6 +233,12 @@ _SWITCH = Param("record", "global", "bool", False, "")  # /record's first argume
 _RECORD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,120}\.(wav|flac)")
 
 
+def _plain(job: _Job) -> bool:
+    """Only values, pings and dumps: what the receiver thread may apply itself. Actions (presets
+    read and write files, learn saves one) and record start/stop wait for the control thread."""
+    return all(isinstance(w, (_Set, _Ping, _Sync)) for w in job.work)
+
+
 class OscServer:
     """OSC for one engine. `start()` binds and starts the threads (ConfigError if the port is taken);
     the control loop calls `wait()` then `drain()`; `stop()` closes everything (idempotent).
@@ -265,7 +273,7 @@ class OscServer:
         self.delays: deque[int] = deque(maxlen=4096)  # arrival -> applied, ns (diagnostics, benchmarks)
         self._nets = _parse_allow(config.allow)
         self._allowed: dict[str, bool] = {}
-        self.dispatcher = Dispatcher(strict_timing=False)  # a future timetag never stalls the server
+        self.dispatcher = Dispatcher(strict_timing=False)  # for pattern matching only: timetags are ignored
         self._exact: dict[str, list[Handler]] = {}
         for p in self.registry:
             for slot in (range(self.registry.slots) if p.scope == "slot" else (None,)):
@@ -669,14 +677,17 @@ class OscServer:
             return
         job = _Job(peer, tuple(work), t)
         lock = self.engine.lock
-        if self.config.immediate and lock.acquire(blocking=False):
+        if self.config.immediate and _plain(job) and lock.acquire(blocking=False):
             try:  # the control loop is asleep: apply now, after anything it left waiting
-                self._run_queued(self.config.inbox)
-                self._run_safe(job)
-                self.stats.immediate += 1
+                with self._inbox.mutex:
+                    ready = all(_plain(j) for j in self._inbox.queue)
+                if ready:
+                    self._run_queued(self.config.inbox)
+                    self._run_safe(job)
+                    self.stats.immediate += 1
+                    return
             finally:
                 lock.release()
-            return
         try:
             self._inbox.put_nowait(job)
         except queue.Full:

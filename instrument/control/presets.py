@@ -82,7 +82,6 @@ class Preset:
     globals: tuple[tuple[str, Value], ...]  # (registry key, value)
     slots: tuple[tuple[tuple[str, Value], ...], ...]  # per slot from 1: (registry key, value)
     description: str = ""
-    path: Path | None = None
 
     def slot(self, i: int) -> dict[str, Value]:
         return dict(self.slots[i]) if i < len(self.slots) else {}
@@ -230,8 +229,7 @@ class PresetStore:
             text = path.read_text(encoding="utf-8")
         except OSError as e:
             raise ParamError(f"{path}: cannot read the preset ({e.strerror})") from None
-        p = parse_preset(text, str(path), registry, slug)
-        return Preset(p.name, slug, p.glide, p.globals, p.slots, p.description, path)
+        return parse_preset(text, str(path), registry, slug)
 
     def store(self, engine: Engine, name: str, glide: float | None = None) -> Path:
         """Save the current scene as a user preset (replacing one of the same name)."""
