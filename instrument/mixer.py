@@ -161,8 +161,6 @@ class Mixer:
         self.morph_x = 0.5
         self.morph_y = 0.5
         self.frame = 0  # output frames produced so far
-        # commands pushed (control side) and popped (audio side) per ring: equal counts let the
-        # audio thread skip the rings without a method call
         self.return_overflows = 0
         self.clips_dropped = 0
         self._ops = {
