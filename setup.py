@@ -1,5 +1,5 @@
-"""Only the mixer's compiled core lives here (cffi); all other metadata is in pyproject.toml."""
+"""Only the audio thread's compiled core (instrument/rt) lives here (cffi); all other metadata is in pyproject.toml."""
 
 from setuptools import setup
 
-setup(cffi_modules=["instrument/_mixcore_build.py:ffibuilder"])
+setup(cffi_modules=["instrument/rt/_build.py:ffibuilder"])

@@ -107,7 +107,7 @@ def child_main(out_path: Path, gc_freeze: bool, generate: bool, nice: int, immed
     from instrument.control.osc import OscConfig, OscServer
     from instrument.engine import Engine
     from instrument.generator.worker import GeneratorClient, WorkerSpec
-    from instrument.mixer import MixerConfig
+    from instrument.rt import MixerConfig
     from instrument.scheduler import Scheduler
 
     devices = [d for d in output_devices() if "JACK" in d["hostapi"] and d["channels"] >= 2]

@@ -51,7 +51,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from instrument.engine import Engine  # noqa: E402
-from instrument.mixer import MixerConfig  # noqa: E402
+from instrument.rt import MixerConfig  # noqa: E402
 
 RATE = 44100
 SLOTS = (1, 4, 8, 16)

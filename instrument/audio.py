@@ -1,26 +1,23 @@
-"""Live audio output through PortAudio (sounddevice): device lookup, the stream, the callback.
+"""Live audio output: device lookup, the stream, the control loop.
 
-The callback does three things: mix the next block into PortAudio's buffer, hand it to the
-recorder's ring, count underflow flags. Everything else (clip loading, script scheduling,
-status) runs on the control loop in `play()`.
+The device callback is C (instrument.rt's rt_callback): it applies the commands waiting, mixes
+the next block into PortAudio's buffer, taps it for the recorder and counts underflow flags.
+Everything else (clip loading, script scheduling, status) runs on the control loop in `play()`.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from instrument.engine import Engine
 from instrument.errors import AudioDeviceError
 from instrument.render import Recorder
+from instrument.rt import Stream
 
 log = logging.getLogger(__name__)
 
@@ -84,54 +81,36 @@ class PlaySummary:
     callbacks: int
     clips_dropped: int
     recorder_overflows: int
-    audio_thread_frees: int = 0
 
     def line(self) -> str:
-        frees = f", {self.audio_thread_frees} clips freed on the audio thread" if self.audio_thread_frees else ""
         return (f"played {self.seconds:.1f} s: {self.underflows} underflows, {self.starvations} starvations, "
-                f"{self.clips_dropped} clips dropped, {self.recorder_overflows} recorder overflows{frees}")
+                f"{self.clips_dropped} clips dropped, {self.recorder_overflows} recorder overflows")
 
 
 class Output:
-    """A sounddevice OutputStream driving an Engine's mixer."""
+    """The device stream of an Engine's mixer: PortAudio calls the C core (instrument.rt) directly,
+    so nothing here runs on the audio thread. Counters come from the core's telemetry."""
 
     def __init__(self, engine: Engine, device: int | None = None, blocksize: int = 0,
-                 latency: str | float = "low", recorder: Recorder | None = None,
-                 record_frames: int | None = None, timings: np.ndarray | None = None) -> None:
+                 latency: str | float = "low") -> None:
         self.engine = engine
         self.mixer = engine.mixer
-        self.recorder = recorder
-        self.record_left = -1 if record_frames is None else record_frames
-        self.underflows = 0
-        self.callbacks = 0
-        self.timings = timings  # optional preallocated int64 array: callback cost in ns, ring
-        sd = _sd()
         try:
-            self.stream = sd.OutputStream(samplerate=engine.cfg.sample_rate, blocksize=blocksize,
-                                          device=device, channels=2, dtype="float32",
-                                          latency=latency, callback=self._callback)
+            self.stream = Stream(self.mixer, device, blocksize, latency)
+        except OSError as e:  # PortAudio library missing
+            raise AudioDeviceError(f"PortAudio is not installed ({e}): run `sudo apt-get install libportaudio2` "
+                                   "(Debian/Ubuntu) or `brew install portaudio` (macOS)") from None
         except Exception as e:
             raise AudioDeviceError(f"cannot open output device {device if device is not None else '(default)'} "
                                    f"at {engine.cfg.sample_rate} Hz: {e}; see `endless devices`") from None
 
-    def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        t0 = time.perf_counter_ns()
-        if status.output_underflow:
-            self.underflows += 1
-        self.mixer.process(outdata)
-        rec = self.recorder
-        if rec is not None and self.record_left != 0:
-            if 0 < self.record_left < frames:
-                rec.tap(outdata[:self.record_left])
-                self.record_left = 0
-            else:
-                rec.tap(outdata)
-                if self.record_left > 0:
-                    self.record_left -= frames
-        tm = self.timings
-        if tm is not None:
-            tm[self.callbacks % tm.shape[0]] = time.perf_counter_ns() - t0
-        self.callbacks += 1
+    @property
+    def underflows(self) -> int:
+        return self.mixer.underflows
+
+    @property
+    def callbacks(self) -> int:
+        return self.mixer.callbacks
 
     def __enter__(self) -> Output:
         self.stream.start()
@@ -146,14 +125,13 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
          seconds: float | None = None, recorder: Recorder | None = None,
          status: Callable[[Engine, Output], None] | None = None, lookahead: float = 0.5,
          ticks: Sequence[Callable[[Engine], object]] = (), wake: threading.Event | None = None,
-         on_output: Callable[[Output], None] | None = None, output_cls: type[Output] | None = None,
-         stop: threading.Event | None = None) -> PlaySummary:
+         on_output: Callable[[Output], None] | None = None, stop: threading.Event | None = None) -> PlaySummary:
     """Play until `seconds` of output have been produced (None: until Ctrl-C or `stop` is set).
 
     The control loop: `ticks` (what OSC and MIDI left in their inboxes), due script events,
     timed changes handed to the mixer, clip queues topped up, status; it sleeps 10 ms, or less
-    when `wake` is set by an arriving message. Each tick holds `engine.lock`. `output_cls`: an
-    Output subclass to play through (benchmarks time its callbacks)."""
+    when `wake` is set by an arriving message. Each tick holds `engine.lock`. `recorder`: one made
+    before the stream starts (it taps from the first frame)."""
     sr = engine.cfg.sample_rate
     with engine.lock:  # inputs may already be live (OSC started first): they queue meanwhile
         if engine.generator is not None:
@@ -163,19 +141,9 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
         engine.schedule_script(int(lookahead * sr))
         engine.pump()
     limit = None if seconds is None else int(round(seconds * sr))
-    out = (output_cls or Output)(engine, device, blocksize, latency, recorder, limit)
+    out = Output(engine, device, blocksize, latency)
     if on_output is not None:
         on_output(out)
-    # A full garbage collection stops every thread, the audio callback too (~100-300 ms with torch
-    # loaded: `benchmarks/bench_control.py --no-gc-freeze` lists them): collect once now and keep
-    # what exists out of later passes.
-    gc.collect()
-    gc.freeze()
-    # The callback is Python: it needs the GIL. The control thread (decoding clips, OSC, MIDI) may
-    # hold it for the whole switch interval (5 ms by default, most of a 256-frame period): hand it
-    # over sooner.
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
     last_status = 0.0
     try:
         with out:
@@ -197,8 +165,6 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
                     time.sleep(0.01)
     except KeyboardInterrupt:
         pass
-    finally:
-        sys.setswitchinterval(switch_interval)
     st = engine.stats()
     return PlaySummary(engine.mixer.frame / sr, out.underflows, sum(st.starvations), out.callbacks,
-                       st.clips_dropped, recorder.overflows if recorder else 0, st.audio_thread_frees)
+                       st.clips_dropped, recorder.overflows if recorder else 0)

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from instrument import __version__
 from instrument.errors import ConfigError, EndlessError
-from instrument.limiter import LOOKAHEAD_S
-from instrument.mixer import MixerConfig
 from instrument.params import PARAMS, Param, Registry, as_float
+from instrument.rt import LOOKAHEAD_S, MixerConfig
 
 log = logging.getLogger("endless")
 
@@ -309,12 +308,13 @@ def cmd_play(args: argparse.Namespace) -> int:
     engine = _engine(args, rate)
     engine.guard_frames = int(0.03 * rate) + 2 * (args.blocksize or 256)  # quantized changes must reach the audio
     control_log = ControlLog(args.log_control, engine) if args.log_control is not None else None
-    recorder = Recorder(args.record, rate) if args.record is not None else None
+    frames = -1 if args.seconds is None else int(round(args.seconds * rate))
+    recorder = Recorder(args.record, engine.mixer, frames) if args.record is not None else None
     status = _status_line if sys.stderr.isatty() else None
     wake = threading.Event()
     actions = ControlActions(engine, PresetStore(args.presets) if args.presets else None)
     midi = _midi(args, engine, actions, wake)
-    switch = RecordSwitch(args.record_dir, rate)
+    switch = RecordSwitch(args.record_dir, engine.mixer)
     osc = OscServer(engine, OscConfig(host=args.listen, port=args.osc_port, tcp_port=args.osc_tcp_port,
                                       allow=tuple(args.allow), immediate=True),
                     on_record=switch, actions=actions.osc_handlers(), wake=wake).start()

@@ -16,14 +16,35 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from instrument.errors import ParamError
-from instrument.mixer import MIXER_OPS, OP_FLUSH, OP_NEXT, OP_PUSH, Command, Mixer, MixerConfig
-from instrument.params import Param, Ref, Registry, Value, as_float
+from instrument.params import PARAMS, Param, Ref, Registry, Value, as_float, db_to_amp
+from instrument.rt import (
+    CURVES,
+    MORPH_MODES,
+    OP_AUTOLEVEL,
+    OP_CURVE,
+    OP_FLUSH,
+    OP_GAIN,
+    OP_MASTER,
+    OP_MORPH_MODE,
+    OP_MORPH_POS,
+    OP_MORPH_X,
+    OP_MORPH_Y,
+    OP_MUTE,
+    OP_NEXT,
+    OP_PAN,
+    OP_PUSH,
+    OP_SOLO,
+    OP_XFADE,
+    Command,
+    Mixer,
+    MixerConfig,
+)
 from instrument.script import Event
 from instrument.sources import ClipSource
 from instrument.transport import Transport
@@ -34,6 +55,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Ref, Value], None]
+
+# The registry's mixer parameters and the audio thread's opcodes for them.
+MIXER_OPS: dict[str, int] = {
+    "slot/gain": OP_GAIN, "slot/pan": OP_PAN, "slot/mute": OP_MUTE, "slot/solo": OP_SOLO,
+    "slot/next": OP_NEXT, "slot/flush": OP_FLUSH, "master/gain": OP_MASTER, "xfade": OP_XFADE,
+    "curve": OP_CURVE, "autolevel": OP_AUTOLEVEL, "morph/mode": OP_MORPH_MODE,
+    "morph/position": OP_MORPH_POS, "morph/x": OP_MORPH_X, "morph/y": OP_MORPH_Y,
+}
+FADERS = frozenset({"slot/gain", "master/gain"})  # dB in the registry, linear amplitude to the audio thread
+_ENUMS = {"curve": CURVES, "morph/mode": MORPH_MODES}  # the audio thread's codes, in the registry's order
+assert all(p.choices == _ENUMS[p.key] for p in PARAMS if p.key in _ENUMS)
 
 QUANTIZED = frozenset({"slot/next"})  # mixer triggers moved to the grid; prompt cuts are aligned in pump()
 
@@ -61,7 +93,6 @@ class EngineStats:
     clips_dropped: int
     commands_rejected: int
     limiter_db: float
-    audio_thread_frees: int  # clips freed on the audio thread (the return ring was full): should stay 0
 
 
 @dataclass
@@ -77,6 +108,8 @@ class _Cut:
 class Engine:
     def __init__(self, cfg: MixerConfig, source: ClipSource | None = None, target_depth: int = 2,
                  prefix: str = "/endless") -> None:
+        if cfg.autolevel_glide != _autolevel_glide():
+            cfg = replace(cfg, autolevel_glide=_autolevel_glide())
         self.cfg = cfg
         self.registry = Registry(slots=cfg.slots, prefix=prefix)
         self.mixer = Mixer(cfg)
@@ -354,14 +387,21 @@ class Engine:
             clips_dropped=m.clips_dropped,
             commands_rejected=m.commands_rejected,
             limiter_db=m.limiter.reducing,
-            audio_thread_frees=m.audio_thread_frees,
         )
+
+
+def _autolevel_glide() -> float:
+    """How long the master glides when autolevel follows a slot starting: the registry's autolevel
+    smoothing."""
+    return next(p.smoothing for p in PARAMS if p.key == "autolevel")
 
 
 def _code(p: Param, value: Value) -> float:
     """A registry value as the float the mixer's opcode takes."""
     if p.kind == "enum":
-        return float(p.choices.index(str(value)))  # the mixer's CURVES/MORPH_MODES are these choices
+        return float(p.choices.index(str(value)))  # the audio thread's CURVES/MORPH_MODES are these choices
+    if p.key in FADERS:
+        return db_to_amp(as_float(value))
     if p.kind in ("bool", "trigger"):
         return 1.0 if value else 0.0
     return as_float(value)

@@ -2,7 +2,7 @@
 
 `render()` runs the mixer block by block as fast as it can, applying script events at their
 exact frames and topping up clip queues between blocks. `Recorder` taps the live output through a
-preallocated frame ring and writes WAV/FLAC from its own thread, never from the callback.
+tap ring the audio thread writes and writes WAV/FLAC from its own thread, never from the callback.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import soundfile as sf
 
 from instrument.engine import Engine
 from instrument.errors import ConfigError
-from instrument.rt import FrameRing
+from instrument.rt import Mixer
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +79,27 @@ def write_audio(path: Path, audio: np.ndarray, sample_rate: int) -> None:
 
 
 class Recorder:
-    """Writes what the callback hands to `tap()` into a sound file from a writer thread."""
+    """Writes the live output to a sound file: the audio thread copies each block into the mixer's
+    tap ring (never blocking: a block that does not fit is dropped and counted in `overflows`), and
+    a writer thread drains the ring into the file. `frames`: stop after that many (-1: at close)."""
 
-    def __init__(self, path: Path, sample_rate: int, ring_seconds: float = 10.0) -> None:
+    def __init__(self, path: Path, mixer: Mixer, frames: int = -1) -> None:
         fmt, subtype = check_output_path(path)
+        if mixer.tap_owner is not None:
+            raise ConfigError(f"already recording to {getattr(mixer.tap_owner, 'path', '?')}: stop that first")
         self.path = path
-        self.ring = FrameRing(int(ring_seconds * sample_rate))
-        self._file = sf.SoundFile(str(path), "w", sample_rate, 2, subtype, format=fmt)
+        self.mixer = mixer
+        self._file = sf.SoundFile(str(path), "w", mixer.sr, 2, subtype, format=fmt)
+        self._overflows0 = mixer.tap_overflows
+        if not mixer.tap_start(frames):
+            self._file.close()
+            raise ConfigError("the audio thread's command queue is full (is the audio stream running?): "
+                              "try recording again")
+        mixer.tap_owner = self
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="endless-recorder", daemon=True)
         self.frames_written = 0
         self._thread.start()
-
-    def tap(self, block: np.ndarray) -> None:
-        """Audio thread: copy a block into the ring (never blocks; overflows are counted)."""
-        self.ring.write(block)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -102,19 +108,26 @@ class Recorder:
         self._drain()
 
     def _drain(self) -> None:
-        data = self.ring.read()
-        if len(data):
+        while len(data := self.mixer.tap_read()):
             self._file.write(data)
             self.frames_written += len(data)
 
     @property
     def overflows(self) -> int:
-        return self.ring.overflows
+        return self.mixer.tap_overflows - self._overflows0
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.5) -> None:
+        """Stop tapping (waiting up to `wait` s for the audio thread to take that), write what is
+        left, close the file."""
+        m = self.mixer
+        if m.tapping and m.tap_stop():
+            deadline = time.monotonic() + wait
+            while m.tapping and time.monotonic() < deadline:  # a stopped stream never takes it
+                time.sleep(0.005)
         self._stop.set()
         self._thread.join(timeout=10)
         self._file.close()
+        m.tap_owner = None
         if self.overflows:
             log.warning("recorder dropped %d blocks (the disk could not keep up)", self.overflows)
 
@@ -122,9 +135,9 @@ class Recorder:
 class RecordSwitch:
     """OSC `/endless/record`: start and stop a Recorder on the running Output (holding engine.lock)."""
 
-    def __init__(self, folder: Path, sample_rate: int) -> None:
+    def __init__(self, folder: Path, mixer: Mixer) -> None:
         self.folder = folder
-        self.sample_rate = sample_rate
+        self.mixer = mixer
         self.out: Any = None  # the audio Output, once play() has opened it
         self.rec: Recorder | None = None
 
@@ -137,12 +150,10 @@ class RecordSwitch:
             path = self.folder / (name or time.strftime("endless-%Y%m%d-%H%M%S.wav"))
             if path.exists():
                 raise ConfigError(f"{path} exists: give another name")
-            self.rec = Recorder(path, self.sample_rate)
-            self.out.recorder = self.rec  # one reference: the callback reads it once per block
+            self.rec = Recorder(path, self.mixer)
             return str(path)
         if self.rec is None:
             raise ConfigError("not recording: send /endless/record 1 [name] first")
         rec, self.rec = self.rec, None
-        self.out.recorder = None
-        rec.close()  # a block the callback is still tapping lands in the ring, never in a closed file
+        rec.close()
         return str(rec.path)

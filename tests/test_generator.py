@@ -12,8 +12,8 @@ import pytest
 from instrument.engine import Engine
 from instrument.generator.protocol import ClipReady, Dropped, Failed, FromWorker, Progress, Request
 from instrument.generator.worker import GeneratorClient, WorkerSpec
-from instrument.mixer import MixerConfig
 from instrument.render import render
+from instrument.rt import MixerConfig
 from instrument.scheduler import Scheduler
 from instrument.script import Event
 

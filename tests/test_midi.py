@@ -30,8 +30,8 @@ from instrument.control.midi import MidiConfig, MidiControl, transport_feed
 from instrument.control.presets import ControlActions, PresetStore
 from instrument.engine import Engine
 from instrument.errors import ConfigError, ParamError
-from instrument.mixer import MixerConfig
 from instrument.params import Registry
+from instrument.rt import MixerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 JACK_BACKEND = "mido.backends.rtmidi/UNIX_JACK"

@@ -31,9 +31,9 @@ from instrument.control.osc import SERVER_ADDRESSES, STATUS_ADDRESSES, OscConfig
 from instrument.engine import Engine
 from instrument.errors import ConfigError, ParamError
 from instrument.generator.worker import GeneratorClient, WorkerSpec
-from instrument.mixer import MixerConfig
-from instrument.params import Ref, Registry
+from instrument.params import Ref, Registry, db_to_amp
 from instrument.render import render
+from instrument.rt import MixerConfig
 from instrument.scheduler import Scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -616,24 +616,18 @@ def test_immediate_applies_on_arrival_and_keeps_order_behind_a_busy_control_loop
             time.sleep(0.002)
         return False
 
-    while e.mixer._cmds.pop() is not None:  # the clips' pushes: the audio thread would take them
-        pass
+    e.mixer.take_commands()  # the clips' pushes: the audio thread would take them
     client.send(G1, -7.0)
     assert applied(-7.0) and server.stats.immediate == 1
-    cmds = []
-    while (c := e.mixer._cmds.pop()) is not None:
-        cmds.append(c)
-    assert [c.value for c in cmds] == [-7.0]  # in the audio thread's ring
+    cmds = e.mixer.take_commands()
+    assert [c[2] for c in cmds] == [db_to_amp(-7.0)]  # in the audio thread's ring
     with e.lock:  # the control loop is busy: the message queues and wakes it
         client.send(G1, -9.0)
         assert server.wake.wait(5)
         assert e.values[(g1.param.key, g1.slot)] == -7.0
     client.send(G1, -11.0)  # finds the lock free: -9 first, then -11
     assert applied(-11.0)
-    seen = []
-    while (c := e.mixer._cmds.pop()) is not None:
-        seen.append(c.value)
-    assert seen == [-9.0, -11.0]
+    assert [c[2] for c in e.mixer.take_commands()] == [db_to_amp(-9.0), db_to_amp(-11.0)]
     assert server.drain(e) == 0  # nothing left for the control loop
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from instrument.docs import osc_reference
+from instrument.engine import MIXER_OPS
 from instrument.errors import ParamError
-from instrument.mixer import MIXER_OPS
 from instrument.params import PARAMS, Registry
 
 ROOT = Path(__file__).resolve().parents[1]

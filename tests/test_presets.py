@@ -22,10 +22,9 @@ from instrument.control.presets import (
 from instrument.engine import Engine
 from instrument.errors import ParamError
 from instrument.generator.worker import GeneratorClient, WorkerSpec
-from instrument.limiter import lookahead_samples
-from instrument.mixer import MixerConfig
 from instrument.params import Registry
 from instrument.render import render
+from instrument.rt import MixerConfig, lookahead_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 44100

@@ -9,9 +9,9 @@ import pytest
 
 from instrument.engine import Engine
 from instrument.errors import ScriptError
-from instrument.mixer import MixerConfig
 from instrument.params import Registry
 from instrument.render import render
+from instrument.rt import MixerConfig
 from instrument.script import load_script
 
 

@@ -10,7 +10,7 @@ import pytest
 from instrument.clips import Clip, ClipInfo
 from instrument.control.presets import ControlActions, PresetStore
 from instrument.engine import Engine
-from instrument.mixer import MixerConfig
+from instrument.rt import MixerConfig
 from instrument.transport import PPQN, Transport
 
 SR = 44100
