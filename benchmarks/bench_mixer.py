@@ -1,19 +1,20 @@
-"""What does the audio callback cost? `Mixer.process` for 1-16 slots at 64-1024-frame blocks.
+"""What does the audio callback cost? The C core's block (rt_process) for 1-16 slots at 64-1024 frames.
 
-Why: the mixer is pure numpy on PortAudio's callback thread, so its per-block cost (Python call
-overhead per slot plus vectorised arithmetic) decides how many slots and how small a block the
-instrument can afford before it underruns. The target: 16 slots at 256 frames, measured inside a
+Why: PortAudio's callback thread runs instrument/rt/core.c (rt_callback -> rt_process), so its
+per-block cost decides how many slots and how small a block the instrument can afford before it
+underruns. The target: 16 slots at 256 frames, measured inside a
 real JACK callback, cost <= 1 % of the block period at the median and <= 5 % at the 99th percentile.
 
 Two contexts per (slots, blocksize):
-  loop  `engine.mixer.process(out)` called back to back on a preallocated buffer, each call timed
-        with perf_counter_ns (warm-up, then >= 2000 calls and >= --loop-seconds). Caches are warm
-        and nothing else competes: the floor of what the mix costs.
+  loop  `engine.mixer.process(out)` (rt_process through cffi, as an offline render calls it) back to
+        back on a preallocated buffer, each call timed with perf_counter_ns (warm-up, then >= 2000
+        calls and >= --loop-seconds), so it includes cffi's call overhead. Caches are warm and
+        nothing else competes: the floor of what the mix costs.
   jack  the same mix inside a real JACK callback: a child process (PortAudio reads
         JACK_DEFAULT_SERVER when sounddevice initialises, so each run gets a fresh process) opens
         `instrument.audio.Output` on a private `jackd -d dummy` server whose period is the block
-        size, and reads the callback costs from Output's `timings` ring (the whole callback: the
-        underflow check, `process`, the timing itself). A control loop on the main thread keeps
+        size, and reads the callback costs from the core's callback log (rt_callback times itself
+        with CLOCK_MONOTONIC around rt_process: commands, mix, limiter, tap, telemetry). A control loop on the main thread keeps
         every slot's queue topped up meanwhile, as `play()` does. Underflow flags are counted.
 
 Every slot is fed uncorrelated 3 s stereo noise clips with a 1 s crossfade (MixerConfig(xfade=1.0)),
@@ -161,6 +162,7 @@ def measure_loop(slots: int, block: int, seconds: float, min_calls: int = 2000, 
 def child_main(slots: int, block: int, seconds: float, warmup: float = 0.5) -> int:
     """Runs in the child process whose env names the JACK server: play, time, print one JSON line."""
     from instrument.audio import Output, output_devices
+    from instrument.rt.mixer import UNDERFLOW
 
     devices = [d for d in output_devices() if "JACK" in d["hostapi"] and d["channels"] >= 2]
     system = [d for d in devices if d["name"] == "system"] or devices
@@ -169,27 +171,30 @@ def child_main(slots: int, block: int, seconds: float, warmup: float = 0.5) -> i
         return 1
     device = int(system[0]["index"])
     engine, feeder = make_engine(slots)
-    ring = np.zeros(int((seconds + warmup + 5.0) * RATE / block) + 1024, np.int64)  # never wraps
-    out = Output(engine, device=device, blocksize=0, latency="low", timings=ring)
+    out = Output(engine, device=device, blocksize=0, latency="low")
     with out:
         t_start = time.monotonic()
         while time.monotonic() - t_start < warmup:
             feeder.tick()
             time.sleep(0.005)
-        c0, u0, f0 = out.callbacks, out.underflows, engine.mixer.frame
+        c0 = engine.mixer.callbacks
         t_meas = time.monotonic()
         while time.monotonic() - t_meas < seconds:
             feeder.tick()
             time.sleep(0.005)
-        c1, u1, f1 = out.callbacks, out.underflows, engine.mixer.frame
-    n = min(c1, ring.shape[0]) - c0
-    if n <= 0:
-        print(json.dumps({"error": "no callbacks while measuring"}))
+        c1 = engine.mixer.callbacks
+    first, log = engine.mixer.callback_log(c0)  # the core's log: the last 8192 callbacks
+    log = log[:c1 - first]
+    if first != c0 or len(log) < 2:
+        print(json.dumps({"error": f"callbacks {c0}..{c1} not all in the log (from {first})"}))
         return 1
-    med, p99, mx = stats_us(ring[c0:c0 + n])
+    med, p99, mx = stats_us(log["ns"])
+    n = len(log)
+    under = int(np.count_nonzero(log["status"] & UNDERFLOW))
+    fpc = float(np.diff(log["frame"]).mean())
     st = engine.stats()
-    print(json.dumps({"median_us": med, "p99_us": p99, "max_us": mx, "calls": n, "underflows": u1 - u0,
-                      "frames_per_callback": (f1 - f0) / max(1, c1 - c0), "starvations": sum(st.starvations),
+    print(json.dumps({"median_us": med, "p99_us": p99, "max_us": mx, "calls": n, "underflows": under,
+                      "frames_per_callback": fpc, "starvations": sum(st.starvations),
                       "transitions": sum(st.transitions), "device": system[0]["name"]}))
     return 0
 

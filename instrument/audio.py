@@ -14,10 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from instrument.engine import Engine
 from instrument.errors import AudioDeviceError
 from instrument.render import Recorder
-from instrument.rt import Stream
+from instrument.rt import Mixer, Stream
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,36 @@ def device_rate(device: int | None) -> int:
     return int(info["default_samplerate"])
 
 
+class CallbackTimes:
+    """How long the device callbacks ran, for the whole set: the control loop drains the core's
+    callback log (the last RT_TIMINGS callbacks) into a fixed histogram of 1 us bins."""
+
+    BINS = 100_000  # up to 100 ms; longer ones land in the last bin (and in `max_us`)
+
+    def __init__(self, mixer: Mixer) -> None:
+        self.mixer = mixer
+        self.hist = np.zeros(self.BINS, np.int64)
+        self.next = 0  # the number of the next callback to count
+        self.missed = 0  # callbacks that left the log before they were counted
+        self.max_us = 0.0
+
+    def drain(self) -> None:
+        first, log = self.mixer.callback_log(self.next)
+        self.missed += first - self.next
+        if len(log):
+            us = log["ns"] / 1000.0
+            np.add.at(self.hist, np.minimum(us.astype(np.int64), self.BINS - 1), 1)
+            self.max_us = max(self.max_us, float(us.max()))
+        self.next = first + len(log)
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile in us (the upper edge of its 1 us bin); nan before any callback."""
+        n = int(self.hist.sum())
+        if n == 0:
+            return float("nan")
+        return float(np.searchsorted(np.cumsum(self.hist), q / 100 * n) + 1)
+
+
 @dataclass
 class PlaySummary:
     seconds: float
@@ -81,10 +113,16 @@ class PlaySummary:
     callbacks: int
     clips_dropped: int
     recorder_overflows: int
+    callback_median_us: float = float("nan")
+    callback_p99_us: float = float("nan")
+    callback_max_us: float = float("nan")
+    period_us: float = float("nan")  # the device's mean block length
 
     def line(self) -> str:
         return (f"played {self.seconds:.1f} s: {self.underflows} underflows, {self.starvations} starvations, "
-                f"{self.clips_dropped} clips dropped, {self.recorder_overflows} recorder overflows")
+                f"{self.clips_dropped} clips dropped, {self.recorder_overflows} recorder overflows; "
+                f"callback median {self.callback_median_us:.0f} us, p99 {self.callback_p99_us:.0f} us, "
+                f"max {self.callback_max_us:.0f} us of a {self.period_us:.0f} us period")
 
 
 class Output:
@@ -145,6 +183,7 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     if on_output is not None:
         on_output(out)
     last_status = 0.0
+    times = CallbackTimes(engine.mixer)
     try:
         with out:
             while (limit is None or engine.mixer.frame < limit) and not (stop is not None and stop.is_set()):
@@ -154,6 +193,7 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
                     engine.apply_due(engine.mixer.frame)
                     engine.schedule_script(engine.mixer.frame + int(lookahead * sr))
                     engine.pump()
+                times.drain()
                 now = time.monotonic()
                 if status is not None and now - last_status > 0.25:  # a terminal write: not under the lock
                     status(engine, out)
@@ -165,6 +205,9 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
                     time.sleep(0.01)
     except KeyboardInterrupt:
         pass
+    times.drain()
     st = engine.stats()
+    calls = max(1, out.callbacks)
     return PlaySummary(engine.mixer.frame / sr, out.underflows, sum(st.starvations), out.callbacks,
-                       st.clips_dropped, recorder.overflows if recorder else 0)
+                       st.clips_dropped, recorder.overflows if recorder else 0, times.percentile(50),
+                       times.percentile(99), times.max_us, engine.mixer.frame / calls / sr * 1e6)

@@ -39,12 +39,17 @@ def test_play_through_jack_records_what_render_makes(
     assert m, r.stdout
     assert float(m.group(1)) >= 10.0
     # Underflows are counted and reported. Zero is a performance claim, made by the benchmarks
-    # (bench_mixer.py, bench_control.py count them in the JACK callback): jackd runs without realtime
+    # (bench_live.py, bench_mixer.py, bench_control.py count them in the JACK callback): jackd runs without realtime
     # scheduling on this shared 2-core VM, where its own late wake-ups cost an xrun now and then
     # (0-2 in 10 s, at random callbacks, with our callback at ~40 us). A callback that is really too
     # slow, or blocks, misses hundreds of the 1723 periods.
     assert int(m.group(2)) <= 5, r.stdout
     assert int(m.group(3)) == 0
+    # the C callback logs its own durations: reported for the whole set, against the 256-frame period
+    t = re.search(r"callback median (\d+) us, p99 (\d+) us, max (\d+) us of a (\d+) us period", r.stdout)
+    assert t, r.stdout
+    med, p99, mx, period = map(int, t.groups())
+    assert period == round(256 / 44100 * 1e6) and 0 < med <= p99 <= mx
     live, sr = sf.read(rec, dtype="float32")
     assert sr == 44100 and live.shape == (10 * 44100, 2)
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from instrument.engine import Engine
+from instrument.errors import ParamError
 from instrument.render import render
 from instrument.rt import OP_FLUSH, Command, MixerConfig
 
@@ -284,3 +289,74 @@ def test_lookahead_delays_by_its_samples_and_the_ceiling_holds(lookahead: float)
     e.push_clip(0, click)
     first = int(np.flatnonzero(np.abs(render(e, 0.09, 64)[:, 0]) > 0.1)[0])
     assert first == 3000 + round(lookahead * SR)
+
+
+# -- the audio thread's room ------------------------------------------------------------------------
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+def test_the_rt_package_imports_nothing_else_of_the_instrument() -> None:
+    r = _python("import sys, instrument.rt; print(sorted(m for m in sys.modules if m.startswith('instrument')))")
+    assert r.returncode == 0, r.stderr
+    loaded = eval(r.stdout)
+    assert loaded and all(m == "instrument" or m.startswith("instrument.rt") for m in loaded), loaded
+
+
+def test_a_missing_core_fails_with_how_to_build_it() -> None:
+    """No fallback: without the compiled core nothing plays, and the error says what to run."""
+    r = _python("import sys; sys.modules['instrument.rt._core'] = None; import instrument.engine")
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert "ImportError: the audio core" in last and "is not built" in last and "make test" in last
+
+
+def test_registry_codes_are_the_audio_threads() -> None:
+    from instrument.params import PARAMS
+    from instrument.rt import CURVES, MORPH_MODES, MixerConfig
+
+    choices = {p.key: p.choices for p in PARAMS}
+    assert choices["curve"] == CURVES and choices["morph/mode"] == MORPH_MODES
+    autolevel = next(p.smoothing for p in PARAMS if p.key == "autolevel")
+    assert engine().mixer.cfg.autolevel_glide == autolevel == MixerConfig().autolevel_glide
+
+
+# -- the recorder's tap -----------------------------------------------------------------------------
+def test_tap_copies_exactly_the_frames_asked_for() -> None:
+    e = engine(xfade=0.01)
+    e.push_clip(0, noise(1.0, 3))
+    assert e.mixer.tap_start(1000)
+    out = np.zeros((4096, 2), np.float32)
+    e.mixer.process(out[:300])  # the tap starts with the next block and splits none
+    e.mixer.process(out[300:])
+    got = e.mixer.tap_read()
+    assert np.array_equal(got, out[:1000]) and not e.mixer.tapping
+    assert len(e.mixer.tap_read()) == 0
+
+
+def test_a_full_tap_drops_whole_blocks_and_counts_them_never_blocking() -> None:
+    e = engine(xfade=0.01, tap_seconds=0.02)  # 882 frames of ring
+    e.push_clip(0, noise(1.0, 4))
+    e.mixer.tap_start()
+    out = np.zeros((256 * 6, 2), np.float32)
+    for k in range(6):  # nobody reads: blocks 4, 5 and 6 do not fit
+        e.mixer.process(out[256 * k:256 * (k + 1)])
+    assert e.mixer.tap_overflows == 3
+    assert np.array_equal(e.mixer.tap_read(), out[:768])
+    e.mixer.process(np.zeros((256, 2), np.float32))  # room again
+    assert len(e.mixer.tap_read()) == 256 and e.mixer.tap_overflows == 3
+    assert e.mixer.tap_stop()
+    e.mixer.process(np.zeros((256, 2), np.float32))
+    assert not e.mixer.tapping and len(e.mixer.tap_read()) == 0
+
+
+def test_a_full_command_ring_refuses_and_reports() -> None:
+    e = engine(command_capacity=4)
+    for k in range(4):
+        e.handle("/endless/slot/1/gain", [-float(k)])
+    with pytest.raises(ParamError, match="command queue is full"):
+        e.handle("/endless/slot/1/gain", [-9.0])
+    assert e.stats().commands_rejected == 1 and e.values[("slot/gain", 0)] == -3.0  # nothing half-applied
+    e.mixer.process(np.zeros((64, 2), np.float32))  # the audio thread takes them
+    e.handle("/endless/slot/1/gain", [-9.0])

@@ -43,5 +43,7 @@ if __name__ == "__main__":
 
     with tempfile.TemporaryDirectory() as tmp:
         built = Path(ffibuilder.compile(tmpdir=tmp))
+        for old in HERE.glob("_core*.so"):  # pip's build may have another name: one wins on import
+            old.unlink()
         shutil.copy2(built, HERE / built.name)
         sys.stderr.write(f"built {HERE / built.name}\n")

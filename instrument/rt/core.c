@@ -739,13 +739,17 @@ int rt_callback(const void *input, void *output, unsigned long frames, const voi
     (void)input;
     (void)time_info;
     rt_state *st = (rt_state *)user;
-    const int64_t t0 = now_ns();
+    const int64_t t0 = now_ns(), frame = st->tel.frame;
     if (status & RT_PA_OUTPUT_UNDERFLOW) st->tel.underflows++;
     rt_process(st, (float *)output, (int64_t)frames);
     const int64_t dt = now_ns() - t0;
-    st->tel.callback_ns[st->tel.callbacks % RT_TIMINGS] = (uint32_t)(dt < 0xffffffffLL ? dt : 0xffffffffLL);
+    rt_callback_info *log = &st->tel.callback_log[st->tel.callbacks % RT_TIMINGS];
+    log->start_ns = t0;
+    log->frame = frame;
+    log->ns = (uint32_t)(dt < 0xffffffffLL ? dt : 0xffffffffLL);
+    log->status = (uint32_t)status;
     if (dt > st->tel.callback_max_ns) st->tel.callback_max_ns = dt;
-    st->tel.callbacks++;
+    __atomic_store_n(&st->tel.callbacks, st->tel.callbacks + 1, __ATOMIC_RELEASE);  /* after its entry */
     return 0;  /* paContinue */
 }
 

@@ -33,6 +33,9 @@ MAX_SLOTS = int(lib.RT_MAX_SLOTS)
     lib.RT_MORPH_Y, lib.RT_TAP)
 
 _F32 = np.dtype(np.float32)
+CALLBACK_DTYPE = np.dtype([("start_ns", np.int64), ("frame", np.int64), ("ns", np.uint32), ("status", np.uint32)])
+assert CALLBACK_DTYPE.itemsize == ffi.sizeof("rt_callback_info")
+UNDERFLOW = 0x4  # paOutputUnderflow in rt_callback_info.status
 
 
 def lookahead_samples(sample_rate: int, lookahead_s: float = LOOKAHEAD_S) -> int:
@@ -231,15 +234,16 @@ class Mixer:
         """Frames of audio ready for a slot: the rest of what plays now plus its queue."""
         return self.slots[slot].buffered_frames
 
-    def callback_durations(self, since: int = 0) -> np.ndarray:
-        """Durations in ns of the device callbacks numbered `since` .. now (at most the last
-        RT_TIMINGS of them), oldest first."""
+    def callback_log(self, since: int = 0) -> tuple[int, np.ndarray]:
+        """The device callbacks numbered `since` .. now, oldest first, as a structured array
+        (start_ns: CLOCK_MONOTONIC as time.monotonic_ns gives it; frame: where its block starts;
+        ns: how long it ran; status: PortAudio's flags). Only the last RT_TIMINGS are kept: returns
+        (the number of the first one given, the array)."""
         n = self.callbacks
         size = int(lib.RT_TIMINGS)
         since = max(since, n - size, 0)
-        ring = np.frombuffer(ffi.buffer(self._tel.callback_ns), np.uint32)
-        idx = np.arange(since, n) % size
-        return ring[idx].astype(np.int64)
+        ring = np.frombuffer(ffi.buffer(self._tel.callback_log), CALLBACK_DTYPE)
+        return since, ring[np.arange(since, n) % size].copy()
 
     @property
     def callback_max_ns(self) -> int:

@@ -16,7 +16,7 @@
 /* cdef-begin */
 #define RT_VERSION 3         /* rt/mixer.py's CORE_VERSION: bump with any change below */
 #define RT_MAX_SLOTS 16
-#define RT_TIMINGS 8192      /* callback durations kept (a ring) */
+#define RT_TIMINGS 8192      /* callbacks logged (a ring: 47 s of 256-frame blocks at 44.1 kHz) */
 
 /* Opcodes of rt_cmd.op */
 #define RT_GAIN 0            /* slot: fader amplitude (linear) */
@@ -62,6 +62,13 @@ typedef struct {
 } rt_slot_info;
 
 typedef struct {
+    int64_t start_ns;        /* CLOCK_MONOTONIC when the callback began (Python: time.monotonic_ns) */
+    int64_t frame;           /* the output frame its block starts at */
+    uint32_t ns;             /* how long it ran */
+    uint32_t status;         /* PortAudio's flags (0x4: output underflow) */
+} rt_callback_info;
+
+typedef struct {
     int64_t frame;           /* output frames produced */
     int64_t callbacks;       /* device callbacks run */
     int64_t underflows;      /* callbacks PortAudio flagged with an output underflow */
@@ -77,7 +84,7 @@ typedef struct {
     int32_t unused;
     double limiter_db;       /* the limiter's gain reduction now */
     rt_slot_info slots[RT_MAX_SLOTS];
-    uint32_t callback_ns[RT_TIMINGS];  /* callback k took callback_ns[k % RT_TIMINGS] ns */
+    rt_callback_info callback_log[RT_TIMINGS];  /* callback k at k % RT_TIMINGS */
 } rt_telemetry;
 
 typedef struct rt_state rt_state;
