@@ -20,6 +20,7 @@ from instrument.engine import Engine
 from instrument.errors import AudioDeviceError
 from instrument.render import Recorder
 from instrument.rt import Mixer, Stream
+from instrument.rt.mixer import UNDERFLOW
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class CallbackTimes:
         self.next = 0  # the number of the next callback to count
         self.missed = 0  # callbacks that left the log before they were counted
         self.max_us = 0.0
+        self.underflow_times: list[int] = []  # CLOCK_MONOTONIC ns of the callbacks flagged (the first 10000)
 
     def drain(self) -> None:
         first, log = self.mixer.callback_log(self.next)
@@ -95,6 +97,8 @@ class CallbackTimes:
             us = log["ns"] / 1000.0
             np.add.at(self.hist, np.minimum(us.astype(np.int64), self.BINS - 1), 1)
             self.max_us = max(self.max_us, float(us.max()))
+            flagged = log["start_ns"][(log["status"] & UNDERFLOW) != 0]
+            self.underflow_times += [int(t) for t in flagged[:10000 - len(self.underflow_times)]]
         self.next = first + len(log)
 
     def percentile(self, q: float) -> float:
@@ -117,6 +121,8 @@ class PlaySummary:
     callback_p99_us: float = float("nan")
     callback_max_us: float = float("nan")
     period_us: float = float("nan")  # the device's mean block length
+    underflow_times_ns: tuple[int, ...] = ()  # when the flagged callbacks ran (CLOCK_MONOTONIC)
+    audio_tid: int = 0  # Linux: the callback's thread id
 
     def line(self) -> str:
         return (f"played {self.seconds:.1f} s: {self.underflows} underflows, {self.starvations} starvations, "
@@ -210,4 +216,5 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     calls = max(1, out.callbacks)
     return PlaySummary(engine.mixer.frame / sr, out.underflows, sum(st.starvations), out.callbacks,
                        st.clips_dropped, recorder.overflows if recorder else 0, times.percentile(50),
-                       times.percentile(99), times.max_us, engine.mixer.frame / calls / sr * 1e6)
+                       times.percentile(99), times.max_us, engine.mixer.frame / calls / sr * 1e6,
+                       tuple(times.underflow_times), engine.mixer.audio_tid)

@@ -7,6 +7,8 @@ EndlessError into one line on stderr and an exit code (`--verbose` shows the tra
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -69,7 +71,7 @@ def _mix_args(ap: argparse.ArgumentParser) -> None:
     src.add_argument("--max-batch", type=int, default=4, metavar="N", help="slots generated in one call (default 4)")
     src.add_argument("--generator-nice", type=int, default=10, metavar="N",
                      help="lower the generator's CPU priority by N, 0..19, so it never delays the audio or a "
-                          "control (default 10)")
+                          "control (default 10; on Linux any N > 0 also puts it in the idle scheduling class)")
     src.add_argument("--clips", type=Path, metavar="DIR",
                      help="play a folder of audio files instead of generating (subfolders: one per slot)")
     src.add_argument("--demo", action="store_true", help="play the built-in synthesized demo textures instead")
@@ -100,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", default="low", help="'low', 'high' or seconds (default low)")
     p.add_argument("--record", type=Path, metavar="FILE", help="also record the output to FILE (.wav or .flac)")
     p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--stats", type=Path, metavar="FILE",
+                   help="at the end, write the set's audio statistics as JSON to FILE (underflows and when, "
+                        "starvations, callback durations, the process and audio thread ids)")
     p.add_argument("--log-control", type=Path, metavar="FILE",
                    help="record every accepted control change as a script (replay: endless render --script FILE)")
     o = p.add_argument_group("OSC (docs/osc.md)")
@@ -303,6 +308,8 @@ def cmd_play(args: argparse.Namespace) -> int:
             raise ConfigError(f"--latency {args.latency!r}: use low, high or a number of seconds") from None
     if args.record is not None:
         check_output_path(args.record)
+    _check(args.stats is None or args.stats.parent.is_dir(),
+           f"--stats {args.stats}: folder {args.stats.parent if args.stats else ''} does not exist: create it first")
     device = find_device(args.device)
     rate = args.samplerate or device_rate(device)
     engine = _engine(args, rate)
@@ -342,6 +349,12 @@ def cmd_play(args: argparse.Namespace) -> int:
     if status:
         sys.stderr.write("\n")
     print(summary.line() + _gen_summary(engine))
+    if args.stats is not None:
+        try:
+            stats = {k: None if isinstance(v, float) and v != v else v for k, v in dataclasses.asdict(summary).items()}
+            args.stats.write_text(json.dumps(dict(stats, pid=os.getpid())) + "\n")
+        except OSError as e:
+            log.error("--stats %s: cannot write it (%s)", args.stats, e)
     return 0
 
 

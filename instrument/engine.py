@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from instrument.clips import Clip
 from instrument.errors import ParamError
 from instrument.params import PARAMS, Param, Ref, Registry, Value, as_float, db_to_amp
 from instrument.rt import (
@@ -126,6 +127,8 @@ class Engine:
         self.guard_frames = 0  # live: how far ahead a quantized change must be to reach the audio in time
         self.last_change_frame = 0  # the frame the change being reported to listeners takes effect
         self._flush_pending: set[int] = set()  # slots whose queued clips go with their next clip's cut
+        self._next_pending: set[int] = set()  # slots whose cut to a new prompt waits for room in the ring
+        self._held: dict[int, Clip] = {}  # a slot's clip taken from the source that the ring had no room for
         self._sent = [0] * cfg.slots  # clip pushes sent per slot (the mixer counts those applied)
         self._flushes = [0] * cfg.slots  # flushes sent per slot (the mixer counts those applied)
         self._sent_at_flush = [0] * cfg.slots  # `_sent` when the slot's last flush was sent
@@ -209,6 +212,7 @@ class Engine:
         quantizing, together with the cut to the new prompt's first clip, on the grid. A cut still
         waiting for its frame is called off: its prompt is already old."""
         self._call_off_cut(slot)
+        self._held.pop(slot, None)  # an old prompt's clip that waited for room in the ring
         if self.cut_frame(slot) is not None or not self._send(Command(OP_FLUSH, slot)):
             self._flush_pending.add(slot)  # sent with the next clip (or when the ring has room)
 
@@ -331,8 +335,10 @@ class Engine:
             self.generator.tick()
         sent = 0
         for i in range(self.cfg.slots):
+            if i in self._next_pending and self.mixer.send(Command(OP_NEXT, i)):
+                self._next_pending.discard(i)  # the ring was full when its clip went: the cut goes now
             while self.pending(i) < self.target_depth:
-                clip = self.source.next_clip(i)
+                clip = self._held.pop(i, None) or self.source.next_clip(i)
                 if clip is None:
                     break
                 if clip.sample_rate != self.cfg.sample_rate:
@@ -358,12 +364,14 @@ class Engine:
                 else:
                     if i in self._flush_pending:
                         if not self._send(Command(OP_FLUSH, i)):
+                            self._held[i] = clip  # the ring is full: this clip goes first next tick
                             break
                         self._flush_pending.discard(i)
                     if not self.push_clip(i, clip.audio):
+                        self._held[i] = clip
                         break
-                    if cut:
-                        self.mixer.send(Command(OP_NEXT, i))  # a new prompt: crossfade to it now
+                    if cut and not self.mixer.send(Command(OP_NEXT, i)):  # a new prompt: crossfade to it now
+                        self._next_pending.add(i)  # the ring is full: on the next tick
                 event = ClipEvent(self.mixer.frame if at is None else at, i, clip.info.prompt, clip.info.seed,
                                   clip.info.source, cut)
                 self.clip_log.append(event)

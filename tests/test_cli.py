@@ -138,3 +138,10 @@ def test_fetch_model_from_a_folder_makes_auto_use_it(tmp_path: Path) -> None:
     assert "STAND-IN" not in r.stderr and "models/tangoflux" in r.stderr  # auto found the fetched weights
     bad = endless("fetch-model", "--from", str(tmp_path / "nothing"), env=env)
     assert bad.returncode == 4 and bad.stderr.strip().startswith("endless: error:")
+
+
+def test_play_checks_the_stats_folder_before_the_set(tmp_path: Path) -> None:
+    """A typo in --stats is found before the audio starts, not after an hour-long set."""
+    r = endless("play", "--demo", "--seconds", "1", "--stats", str(tmp_path / "missing" / "s.json"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "--stats" in lines[0] and "does not exist" in lines[0], r.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -58,6 +59,9 @@ def test_worker_makes_normalised_clips_and_reports_progress(client: GeneratorCli
     # the worker runs below the instrument's priority (`endless play --generator-nice`, default 10)
     assert client.pid is not None
     assert os.getpriority(os.PRIO_PROCESS, client.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3)
+    if sys.platform == "linux":  # and in the idle class, every thread of it (torch's too): preempted at once
+        tids = [int(t) for t in os.listdir(f"/proc/{client.pid}/task")]
+        assert len(tids) > 1 and all(os.sched_getscheduler(t) == os.SCHED_IDLE for t in tids)
     client.submit(req(2))  # the same seed and prompt: the same clip
     again = next(m for m in wait_for(client, (ClipReady,)) if isinstance(m, ClipReady))
     assert np.array_equal(again.audio, clip.audio)

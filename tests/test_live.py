@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def test_play_through_jack_records_what_render_makes(
     log = tmp_path / "control.jsonl"
     common = ["--clips", str(noise_folder), "--slots", "4", "--xfade", "1", "--seed", "7"]
     r = endless("play", *common, "--script", str(script), "--seconds", "10", "--device", "system",
-                "--latency", "low", "--record", str(rec), "--log-control", str(log), env=jack_env, timeout=120)
+                "--latency", "low", "--record", str(rec), "--log-control", str(log), "--stats", str(tmp_path / "st.json"),
+                env=jack_env, timeout=120)
     assert r.returncode == 0, r.stderr
     m = re.search(r"played ([\d.]+) s: (\d+) underflows, (\d+) starvations", r.stdout)
     assert m, r.stdout
@@ -50,6 +52,9 @@ def test_play_through_jack_records_what_render_makes(
     assert t, r.stdout
     med, p99, mx, period = map(int, t.groups())
     assert period == round(256 / 44100 * 1e6) and 0 < med <= p99 <= mx
+    stats = json.loads((tmp_path / "st.json").read_text())  # --stats: the same, with when and who
+    assert stats["underflows"] == len(stats["underflow_times_ns"]) == int(m.group(2))
+    assert stats["callback_p99_us"] == p99 and stats["pid"] > 0 and stats["audio_tid"] > 0
     live, sr = sf.read(rec, dtype="float32")
     assert sr == 44100 and live.shape == (10 * 44100, 2)
 

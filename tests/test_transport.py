@@ -183,3 +183,22 @@ def test_a_newer_prompt_calls_off_the_cut_still_waiting_for_its_bar() -> None:
     assert np.allclose(out[-SR // 2:], 0.8) and e.mixer.slots[0].q_count == 0
     assert [ev.prompt for ev in e.clip_log][-1:] == ["dc 0.8"]
     assert "dc 0.6" not in [ev.prompt for ev in e.clip_log]
+
+
+def test_a_full_command_ring_holds_the_clip_and_the_cut_until_there_is_room() -> None:
+    """The clip taken from the source and a new prompt's cut are never dropped when the audio
+    thread's ring is full: they go on the next tick, in order."""
+    src = Inbox()
+    e = Engine(MixerConfig(slots=1, sample_rate=SR, xfade=0.05, stagger=False, command_capacity=2), src)
+    src.add(0.2)
+    render_to(e, 0.2)  # 0.2 plays
+    e.handle("/endless/slot/1/gain", [-1.0])
+    e.handle("/endless/slot/1/gain", [0.0])  # the ring is full now
+    src.add(0.6, cut=True)
+    assert e.pump() == 0 and len(src.clips) == 0  # taken from the source, held here
+    e.mixer.process(np.zeros((256, 2), np.float32))  # the audio thread takes the gains
+    e.handle("/endless/slot/1/gain", [0.0])  # one command left: the clip goes, its cut waits
+    assert e.pump() == 1
+    e.mixer.process(np.zeros((256, 2), np.float32))
+    out = render_to(e, 0.6)  # the next tick sends the cut
+    assert e.stats().transitions == (1,) and np.allclose(out[-SR // 20:], 0.6)

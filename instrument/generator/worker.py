@@ -219,6 +219,12 @@ def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None
     if spec.nice > 0 and hasattr(os, "nice"):  # the model may wait; the audio callback and a fader must not
         with contextlib.suppress(OSError):
             os.nice(spec.nice)
+        # Linux: the idle class on top, before torch starts its threads (they inherit it). A niced
+        # task still gets a share of a busy CPU and may run on while jackd and our audio thread
+        # wait; an idle-class one is preempted the moment they wake (benchmarks/bench_live.py).
+        if hasattr(os, "SCHED_IDLE"):
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     try:
         child.run()
     except (EOFError, BrokenPipeError, KeyboardInterrupt):

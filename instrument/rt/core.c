@@ -10,7 +10,8 @@
  * pan, mute/solo, morph line/xy, autolevel) as per-slot and master linear ramps, slot levels, the
  * look-ahead limiter, and the recorder's tap.
  *
- * Rules: rt_new allocates everything; nothing after it allocates, locks, logs or does I/O. The
+ * Rules: rt_new allocates everything and touches every page of it (no page fault later); nothing
+ * after it allocates, locks, logs or does I/O. The
  * control side talks to the audio thread only through single-producer/single-consumer rings of
  * plain structs (commands, timed commands, returned clip ids, tapped frames) whose positions are
  * published with release stores and read with acquire loads, and reads the telemetry struct the
@@ -32,8 +33,8 @@
  * While nothing comes near the ceiling for L samples and nothing is reducing, the gain is exactly
  * 1 and the block is copied (what the per-sample loop would compute).
  */
-#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
-#define _POSIX_C_SOURCE 199309L  /* clock_gettime */
+#if !defined(_WIN32) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE  /* clock_gettime, syscall */
 #endif
 #include <math.h>
 #include <stddef.h>
@@ -41,6 +42,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "rt.h"
 
@@ -740,6 +745,9 @@ int rt_callback(const void *input, void *output, unsigned long frames, const voi
     (void)time_info;
     rt_state *st = (rt_state *)user;
     const int64_t t0 = now_ns(), frame = st->tel.frame;
+#ifdef __linux__
+    if (st->tel.audio_tid == 0) st->tel.audio_tid = (int32_t)syscall(SYS_gettid);  /* once: for diagnostics */
+#endif
     if (status & RT_PA_OUTPUT_UNDERFLOW) st->tel.underflows++;
     rt_process(st, (float *)output, (int64_t)frames);
     const int64_t dt = now_ns() - t0;
@@ -821,6 +829,14 @@ int64_t rt_tap_read(rt_state *st, float *dst, int64_t max_frames) {
 void rt_tap_discard(rt_state *st) { st_rel(&st->tp.r, ld_acq(&st->tp.w)); }
 
 /* -- life ---------------------------------------------------------------------------------------- */
+/* Write a byte on every page, so the kernel maps them now and the audio thread never takes a page
+ * fault on first use (calloc may hand out pages not yet mapped; volatile keeps the stores). */
+static void prefault(void *p, size_t bytes) {
+    volatile char *c = (volatile char *)p;
+    for (size_t i = 0; i < bytes; i += 4096) c[i] = 0;
+    if (bytes) c[bytes - 1] = 0;
+}
+
 void rt_free(rt_state *st) {
     if (st == NULL) return;
     free(st->clip_data);
@@ -884,6 +900,20 @@ rt_state *rt_new(int nslots, int q_cap, int max_block, int stagger, int64_t xfad
         rt_free(st);
         return NULL;
     }
+    prefault(st, sizeof(rt_state));
+    prefault(st->clip_data, (size_t)nclips * sizeof(float *));
+    prefault(st->clip_frames, (size_t)nclips * sizeof(int64_t));
+    prefault(st->cmds, (size_t)cmd_cap * sizeof(rt_cmd));
+    prefault(st->timed, (size_t)cmd_cap * sizeof(rt_cmd));
+    prefault(st->rets, (size_t)nclips * sizeof(int32_t));
+    prefault(st->tap, (size_t)tap_frames * 2 * sizeof(float));
+    prefault(st->sbuf, (size_t)max_block * 2 * sizeof(float));
+    prefault(st->gin, (size_t)max_block * sizeof(double));
+    prefault(st->gout, (size_t)max_block * sizeof(double));
+    prefault(st->queues, (size_t)nslots * (size_t)q_cap * sizeof(int32_t));
+    prefault(lm->delay, (size_t)(lookahead + max_block) * 2 * sizeof(float));
+    prefault(lm->need, ((size_t)lookahead + 1) * sizeof(double));
+    prefault(lm->env, (size_t)lookahead * sizeof(double));
     for (int i = 0; i < nslots; i++) {
         rt_slot *s = &st->slots[i];
         s->queue = st->queues + (size_t)i * (size_t)q_cap;

@@ -246,6 +246,12 @@ class Mixer:
         return since, ring[np.arange(since, n) % size].copy()
 
     @property
+    def audio_tid(self) -> int:
+        """Linux: the device callback's thread id, once it has run (0 otherwise), for diagnostics
+        (/proc/<pid>/task/<tid>/schedstat says how long it waited for a CPU)."""
+        return int(self._tel.audio_tid)
+
+    @property
     def callback_max_ns(self) -> int:
         return int(self._tel.callback_max_ns)
 

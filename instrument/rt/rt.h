@@ -81,7 +81,7 @@ typedef struct {
     int32_t tapping;         /* the tap is on */
     int32_t nslots;
     int32_t lookahead;       /* the limiter's delay in samples */
-    int32_t unused;
+    int32_t audio_tid;       /* Linux: the thread id of the device callback (0: none yet, or not Linux) */
     double limiter_db;       /* the limiter's gain reduction now */
     rt_slot_info slots[RT_MAX_SLOTS];
     rt_callback_info callback_log[RT_TIMINGS];  /* callback k at k % RT_TIMINGS */
