@@ -7,7 +7,9 @@ Everything else (clip loading, script scheduling, status) runs on the control lo
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -190,6 +192,15 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
         on_output(out)
     last_status = 0.0
     times = CallbackTimes(engine.mixer)
+    # The audio thread never needs the GIL; the control threads do (OSC and MIDI apply messages on
+    # arrival). A thread that wants it waits for the holder's switch interval (5 ms by default: most
+    # of a 256-frame period) and for any full garbage collection: hand it over sooner, and keep what
+    # exists now out of later collections (`python benchmarks/bench_control.py` measures MIDI p99
+    # 8.9 ms without these, see the README for with).
+    gc.collect()
+    gc.freeze()
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
     try:
         with out:
             while (limit is None or engine.mixer.frame < limit) and not (stop is not None and stop.is_set()):
@@ -211,6 +222,8 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
                     time.sleep(0.01)
     except KeyboardInterrupt:
         pass
+    finally:
+        sys.setswitchinterval(switch_interval)
     times.drain()
     st = engine.stats()
     calls = max(1, out.callbacks)

@@ -62,6 +62,7 @@ def test_worker_makes_normalised_clips_and_reports_progress(client: GeneratorCli
     if sys.platform == "linux":  # and in the idle class, every thread of it (torch's too): preempted at once
         tids = [int(t) for t in os.listdir(f"/proc/{client.pid}/task")]
         assert len(tids) > 1 and all(os.sched_getscheduler(t) == os.SCHED_IDLE for t in tids)
+        assert {os.getpriority(os.PRIO_PROCESS, t) for t in tids} == {os.getpriority(os.PRIO_PROCESS, client.pid)}
     client.submit(req(2))  # the same seed and prompt: the same clip
     again = next(m for m in wait_for(client, (ClipReady,)) if isinstance(m, ClipReady))
     assert np.array_equal(again.audio, clip.audio)

@@ -213,18 +213,29 @@ class _Child:
                                     pipe.name, wall, len(batch), lufs))
 
 
+def _lower_priority(nice: int) -> None:
+    """Nice the worker by `nice`, and on Linux put it in the idle scheduling class: a niced task
+    still gets a share of a busy CPU and may run on while jackd and our audio thread wait; an
+    idle-class one is preempted the moment they wake (benchmarks/bench_live.py). Linux keeps both
+    per thread: every thread that exists now (the spawn start-up leaves one) is set, and torch's,
+    started later, inherit them."""
+    with contextlib.suppress(OSError):
+        os.nice(nice)
+    tids = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else []
+    me = threading.get_native_id()
+    for tid in tids:
+        with contextlib.suppress(OSError):
+            if tid != me:
+                os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, me))
+            if hasattr(os, "SCHED_IDLE"):
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+
+
 def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None:
     """Entry point of the spawned process."""
     child = _Child(spec, inbox, outbox)
     if spec.nice > 0 and hasattr(os, "nice"):  # the model may wait; the audio callback and a fader must not
-        with contextlib.suppress(OSError):
-            os.nice(spec.nice)
-        # Linux: the idle class on top, before torch starts its threads (they inherit it). A niced
-        # task still gets a share of a busy CPU and may run on while jackd and our audio thread
-        # wait; an idle-class one is preempted the moment they wake (benchmarks/bench_live.py).
-        if hasattr(os, "SCHED_IDLE"):
-            with contextlib.suppress(OSError):
-                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        _lower_priority(spec.nice)
     try:
         child.run()
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
