@@ -235,6 +235,7 @@ def run_one(server: JackServer, name: str, seconds: float) -> dict[str, Any]:
         st = json.loads(stats_file.read_text())
         rec["late"] = sampler.explain(st["underflow_times_ns"], st["audio_tid"])
         rec["late"]["audio_tid_known"] = bool(st["audio_tid"])
+        rec["underflow_at_s"] = [round((t - st["first_callback_ns"]) / 1e9, 2) for t in st["underflow_times_ns"]]
     return rec
 
 
@@ -281,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     met = all("error" not in r and r["underflows"] == 0 for r in runs)
     keys = ("slots", "source", "osc_rate", "seconds", "underflows", "starvations", "callback_median_us",
             "callback_p99_us", "callback_max_us", "period_us")
-    out = [{k: r.get(k) for k in keys} | {k: r[k] for k in ("run", "load_avg_1m", "osc_sent", "late", "error") if k in r}
+    out = [{k: r.get(k) for k in keys} | {k: r[k] for k in ("run", "load_avg_1m", "osc_sent", "underflow_at_s", "late", "error")
+                                       if k in r}
            for r in runs]
     print(f"\ntarget: 0 underflows in every run -> {'met' if met else 'NOT met'}")
     print(json.dumps({"bench": "live", "runs": out, "target_met": met}))

@@ -91,11 +91,14 @@ class CallbackTimes:
         self.missed = 0  # callbacks that left the log before they were counted
         self.max_us = 0.0
         self.underflow_times: list[int] = []  # CLOCK_MONOTONIC ns of the callbacks flagged (the first 10000)
+        self.first_ns = 0  # when the first callback ran
 
     def drain(self) -> None:
         first, log = self.mixer.callback_log(self.next)
         self.missed += first - self.next
         if len(log):
+            if first == 0:
+                self.first_ns = int(log["start_ns"][0])
             us = log["ns"] / 1000.0
             np.add.at(self.hist, np.minimum(us.astype(np.int64), self.BINS - 1), 1)
             self.max_us = max(self.max_us, float(us.max()))
@@ -124,6 +127,7 @@ class PlaySummary:
     callback_max_us: float = float("nan")
     period_us: float = float("nan")  # the device's mean block length
     underflow_times_ns: tuple[int, ...] = ()  # when the flagged callbacks ran (CLOCK_MONOTONIC)
+    first_callback_ns: int = 0  # when the first callback ran (CLOCK_MONOTONIC)
     audio_tid: int = 0  # Linux: the callback's thread id
 
     def line(self) -> str:
@@ -230,4 +234,4 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     return PlaySummary(engine.mixer.frame / sr, out.underflows, sum(st.starvations), out.callbacks,
                        st.clips_dropped, recorder.overflows if recorder else 0, times.percentile(50),
                        times.percentile(99), times.max_us, engine.mixer.frame / calls / sr * 1e6,
-                       tuple(times.underflow_times), engine.mixer.audio_tid)
+                       tuple(times.underflow_times), times.first_ns, engine.mixer.audio_tid)
