@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -213,28 +213,6 @@ class _Child:
                                     pipe.name, wall, len(batch), lufs))
 
 
-# glibc's allocator in the worker: keep freed memory for reuse instead of handing it back to the
-# kernel and faulting it in again on the next step. torch allocates and frees its activations every
-# step; with glibc's defaults the tiny model's worker took ~35k page faults a second and 10 % of a
-# CPU in the kernel, where (on a kernel without preemption) jackd and our audio thread cannot take
-# the CPU back; with these, 4k faults a second and 3 % (measured during `endless play --model tiny
-# --slots 8` from /proc/<worker>/stat). Read by glibc when the process starts; ignored elsewhere.
-WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
-                 "MALLOC_TOP_PAD_": str(256 << 20)}
-
-
-@contextlib.contextmanager
-def _worker_env() -> Iterator[None]:
-    """The environment the worker is spawned with (WORKER_MALLOC, unless the user set them)."""
-    added = {k: v for k, v in WORKER_MALLOC.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
-
-
 def _lower_priority(nice: int) -> None:
     """Nice the worker by `nice`, and on Linux put it in the idle scheduling class: a niced task
     still gets a share of a busy CPU and may run on while jackd and our audio thread wait; an
@@ -300,8 +278,7 @@ class GeneratorClient:
         self._from, child_out = self._ctx.Pipe(duplex=False)
         self._proc = self._ctx.Process(target=worker_main, args=(self.spec, child_in, child_out),
                                        name="endless-generator", daemon=True)
-        with _worker_env():
-            self._proc.start()
+        self._proc.start()
         child_in.close()
         child_out.close()
         self.state = "loading"
