@@ -21,31 +21,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from instrument import rt
 from instrument.clips import Clip
 from instrument.errors import ParamError
 from instrument.params import PARAMS, Param, Ref, Registry, Value, as_float, db_to_amp
-from instrument.rt import (
-    CURVES,
-    MORPH_MODES,
-    OP_AUTOLEVEL,
-    OP_CURVE,
-    OP_FLUSH,
-    OP_GAIN,
-    OP_MASTER,
-    OP_MORPH_MODE,
-    OP_MORPH_POS,
-    OP_MORPH_X,
-    OP_MORPH_Y,
-    OP_MUTE,
-    OP_NEXT,
-    OP_PAN,
-    OP_PUSH,
-    OP_SOLO,
-    OP_XFADE,
-    Command,
-    Mixer,
-    MixerConfig,
-)
+from instrument.rt import OP_FLUSH, OP_NEXT, OP_PUSH, Command, Mixer, MixerConfig
 from instrument.script import Event
 from instrument.sources import ClipSource
 from instrument.transport import Transport
@@ -59,13 +39,13 @@ Listener = Callable[[Ref, Value], None]
 
 # The registry's mixer parameters and the audio thread's opcodes for them.
 MIXER_OPS: dict[str, int] = {
-    "slot/gain": OP_GAIN, "slot/pan": OP_PAN, "slot/mute": OP_MUTE, "slot/solo": OP_SOLO,
-    "slot/next": OP_NEXT, "slot/flush": OP_FLUSH, "master/gain": OP_MASTER, "xfade": OP_XFADE,
-    "curve": OP_CURVE, "autolevel": OP_AUTOLEVEL, "morph/mode": OP_MORPH_MODE,
-    "morph/position": OP_MORPH_POS, "morph/x": OP_MORPH_X, "morph/y": OP_MORPH_Y,
+    "slot/gain": rt.OP_GAIN, "slot/pan": rt.OP_PAN, "slot/mute": rt.OP_MUTE, "slot/solo": rt.OP_SOLO,
+    "slot/next": rt.OP_NEXT, "slot/flush": rt.OP_FLUSH, "master/gain": rt.OP_MASTER, "xfade": rt.OP_XFADE,
+    "curve": rt.OP_CURVE, "autolevel": rt.OP_AUTOLEVEL, "morph/mode": rt.OP_MORPH_MODE,
+    "morph/position": rt.OP_MORPH_POS, "morph/x": rt.OP_MORPH_X, "morph/y": rt.OP_MORPH_Y,
 }
 FADERS = frozenset({"slot/gain", "master/gain"})  # dB in the registry, linear amplitude to the audio thread
-_ENUMS = {"curve": CURVES, "morph/mode": MORPH_MODES}  # the audio thread's codes, in the registry's order
+_ENUMS = {"curve": rt.CURVES, "morph/mode": rt.MORPH_MODES}  # the audio thread's codes, in the registry's order
 assert all(p.choices == _ENUMS[p.key] for p in PARAMS if p.key in _ENUMS)
 
 QUANTIZED = frozenset({"slot/next"})  # mixer triggers moved to the grid; prompt cuts are aligned in pump()
