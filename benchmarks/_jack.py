@@ -19,11 +19,13 @@ class JackServer:
     """`jackd -d dummy` at `rate` with `block`-frame periods under a unique name; `env` reaches it.
     Stopped (with timeouts) on exit."""
 
-    def __init__(self, block: int, rate: int = 44100, prefix: str = "bench") -> None:
+    def __init__(self, block: int, rate: int = 44100, prefix: str = "bench", realtime: bool = False) -> None:
         self.name = f"{prefix}_{os.getpid()}_{block}_{uuid.uuid4().hex[:6]}"
         self.env = dict(os.environ, JACK_DEFAULT_SERVER=self.name, JACK_NO_START_SERVER="1",
                         JACK_NO_AUDIO_RESERVATION="1")
-        self.cmd = [tool("jackd"), "-r", "-n", self.name, "-d", "dummy", "-r", str(rate), "-p", str(block),
+        # -r: no realtime scheduling (as in CI); -R -P 70: jackd and its clients' process threads
+        # run SCHED_FIFO (needs the rtprio limit or root), as a tuned audio machine would
+        self.cmd = [tool("jackd"), *(["-R", "-P", "70"] if realtime else ["-r"]), "-n", self.name, "-d", "dummy", "-r", str(rate), "-p", str(block),
                     "-C", "0", "-P", "2"]
         self.proc: subprocess.Popen[bytes] | None = None
 

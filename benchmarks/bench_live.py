@@ -97,6 +97,7 @@ def osc_flood(port: int, rate: int, stop: threading.Event) -> int:
 # WINDOW_S before it: did our audio thread (its tid comes from `--stats`) wait for a CPU, did jackd's
 # threads, was the vCPU stolen, and which threads ran meanwhile.
 SAMPLE_S = 0.02
+KERNEL_THREADS = ("kdamond", "kswapd", "kcompactd", "khugepaged")  # reclaim and compaction run on a CPU too
 WINDOW_S = 0.04
 WAITED_MS = 2.0  # a wait this long in one window is a cause (the period is 5.8 ms)
 USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -128,6 +129,10 @@ class Sampler(threading.Thread):
 
     def _procs(self) -> dict[int, str]:
         procs = {pid: name for name, pid in self.roots.items()}
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):  # the kernel's memory threads
+            comm = _read(f"/proc/{pid}/comm").strip()
+            if comm.startswith(KERNEL_THREADS):
+                procs[pid] = comm
         for child in _children(self.roots["endless"]):
             procs[child] = "worker" if "spawn_main" in _read(f"/proc/{child}/cmdline") else "endless-child"
         return procs
@@ -156,7 +161,7 @@ class Sampler(threading.Thread):
         """For each underflow: the audio thread's and jackd's run-queue waits, steal, and the threads
         that ran most, in the window before it; and a count per cause."""
         ts = [s[0] for s in self.samples]
-        causes = {"audio_thread_waited": 0, "jackd_waited": 0, "steal": 0, "none_seen": 0}
+        causes = {"audio_thread_waited": 0, "jackd_waited": 0, "steal": 0, "kernel_mm": 0, "none_seen": 0}
         detail = []
         for tu in underflows_ns:
             i0 = max(0, bisect.bisect_right(ts, tu - int(WINDOW_S * 1e9)) - 1)
@@ -169,6 +174,7 @@ class Sampler(threading.Thread):
             jack = max((w for n, _, w in d.values() if n == "jackd"), default=0) / 1e6
             steal = (b[1] - a[1]) / 1e6
             ran = sorted(((r / 1e6, n, tid) for tid, (n, r, _) in d.items()), reverse=True)[:3]
+            kernel = max((r for n, r, _ in d.values() if n.startswith(KERNEL_THREADS)), default=0) / 1e6
             hit = False
             if audio >= WAITED_MS:
                 causes["audio_thread_waited"] += 1
@@ -179,9 +185,12 @@ class Sampler(threading.Thread):
             if steal > 0:
                 causes["steal"] += 1
                 hit = True
+            if kernel >= WAITED_MS:
+                causes["kernel_mm"] += 1
             causes["none_seen"] += not hit
             detail.append({"window_ms": round((b[0] - a[0]) / 1e6, 1), "audio_wait_ms": round(audio, 2),
                            "jackd_wait_ms": round(jack, 2), "steal_ms": round(steal, 1),
+                           "kernel_mm_ran_ms": round(kernel, 2),
                            "ran_ms": [(n, tid, round(r, 1)) for r, n, tid in ran]})
         return {"causes": causes, "underflows": detail}
 
@@ -243,7 +252,8 @@ def late_cell(r: dict[str, Any]) -> str:
     c = r.get("late", {}).get("causes")
     if not c:
         return "-"
-    return f"{c['audio_thread_waited']} / {c['jackd_waited']} / {c['steal']} / {c['none_seen']}"
+    return (f"{c['audio_thread_waited']} / {c['jackd_waited']} / {c['steal']} / {c['none_seen']}"
+            f"  (kernel memory thread ran: {c['kernel_mm']})")
 
 
 def table(runs: list[dict[str, Any]]) -> str:
@@ -266,6 +276,9 @@ def table(runs: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--seconds", type=float, default=60.0, help="seconds of play per run (default 60)")
+    ap.add_argument("--realtime", action="store_true",
+                    help="start jackd with realtime priority (-R -P 70; needs rtprio or root), to tell the "
+                         "scheduling of jackd and our JACK thread apart from everything else")
     ap.add_argument("--only", choices=sorted(RUNS), action="append",
                     help="run only this kind (repeatable; default: tiny x3, tiny16, osc, demo)")
     args = ap.parse_args(argv)
@@ -273,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{ENDLESS} not found: run `make test` (or `make play`) first, which builds the venv")
     runs: list[dict[str, Any]] = []
     for name in args.only or DEFAULT:
-        with JackServer(BLOCK, RATE, "bench_live") as server:  # a fresh server per run: no xrun carried over
+        with JackServer(BLOCK, RATE, "bench_live", realtime=args.realtime) as server:  # a fresh server per run: no xrun carried over
             runs.append(run_one(server, name, args.seconds))
         r = runs[-1]
         print(f"{name}: " + (r.get("error") or f"{r['underflows']} underflows, {r['starvations']} starvations, "
@@ -286,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                                        if k in r}
            for r in runs]
     print(f"\ntarget: 0 underflows in every run -> {'met' if met else 'NOT met'}")
-    print(json.dumps({"bench": "live", "runs": out, "target_met": met}))
+    print(json.dumps({"bench": "live", "realtime_jackd": args.realtime, "runs": out, "target_met": met}))
     return 0
 
 
