@@ -360,3 +360,23 @@ def test_a_full_command_ring_refuses_and_reports() -> None:
     assert e.stats().commands_rejected == 1 and e.values[("slot/gain", 0)] == -3.0  # nothing half-applied
     e.mixer.process(np.zeros((64, 2), np.float32))  # the audio thread takes them
     e.handle("/endless/slot/1/gain", [-9.0])
+
+
+def test_recorder_writes_what_the_tap_gave_and_a_second_one_is_refused(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from instrument.errors import ConfigError
+    from instrument.render import Recorder
+
+    e = engine(xfade=0.01)
+    e.push_clip(0, noise(1.0, 5))
+    rec = Recorder(tmp_path / "a.wav", e.mixer, frames=3000)
+    with pytest.raises(ConfigError, match="already recording to .*a.wav"):
+        Recorder(tmp_path / "b.wav", e.mixer)
+    out = np.zeros((4096, 2), np.float32)
+    for k in range(0, 4096, 512):  # as the callback would, block by block
+        e.mixer.process(out[k:k + 512])
+    rec.close()
+    got, sr = sf.read(tmp_path / "a.wav", dtype="float32")
+    assert sr == SR and np.array_equal(got, out[:3000]) and rec.overflows == 0
+    Recorder(tmp_path / "c.wav", e.mixer).close()  # the tap is free again
