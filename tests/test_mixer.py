@@ -380,3 +380,13 @@ def test_recorder_writes_what_the_tap_gave_and_a_second_one_is_refused(tmp_path:
     got, sr = sf.read(tmp_path / "a.wav", dtype="float32")
     assert sr == SR and np.array_equal(got, out[:3000]) and rec.overflows == 0
     Recorder(tmp_path / "c.wav", e.mixer).close()  # the tap is free again
+
+
+def test_numpy_asks_for_no_huge_pages_in_the_instrument() -> None:
+    """khugepaged collapsing our clips held a CPU ahead of the audio thread (bench_live): numpy's
+    madvise for huge pages is off once `instrument` is imported first, as the CLI does."""
+    r = _python("import instrument, numpy as np\n"
+                "core = getattr(np, '_core', None) or np.core\n"
+                "print(core.multiarray._set_madvise_hugepage(False))")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
