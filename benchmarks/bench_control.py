@@ -69,7 +69,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")  # as `endless` does (instrument/__init__.py), before numpy
+import numpy as np  # noqa: E402
 from _jack import JackServer  # benchmarks/_jack.py (the script folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
