@@ -797,11 +797,6 @@ int rt_returned(rt_state *st, int32_t *ids, int cap) {
     return n;
 }
 
-/* Commands queued for the next block and not yet applied. */
-int64_t rt_pending_commands(const rt_state *st) {
-    return ld_acq(&st->cmd.w) - ld_acq(&st->cmd.r);
-}
-
 /* Take the oldest waiting next-block command instead of the audio thread (tests look at what was
  * sent; only while no stream runs). 0: none. */
 int rt_take_command(rt_state *st, rt_cmd *out) {

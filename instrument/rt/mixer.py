@@ -200,10 +200,6 @@ class Mixer:
         return out
 
     @property
-    def commands_waiting(self) -> int:
-        return int(lib.rt_pending_commands(self._st))
-
-    @property
     def commands_rejected(self) -> int:
         return self.rejected
 

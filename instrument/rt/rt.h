@@ -99,7 +99,6 @@ const rt_telemetry *rt_info(const rt_state *st);
 int rt_send(rt_state *st, int64_t frame, int32_t op, int32_t slot, double value, int64_t glide, int32_t clip);
 void rt_clip_set(rt_state *st, int32_t id, const float *data, int64_t frames);
 int rt_returned(rt_state *st, int32_t *ids, int cap);
-int64_t rt_pending_commands(const rt_state *st);
 int rt_take_command(rt_state *st, rt_cmd *out);
 
 /* recorder */

@@ -47,10 +47,6 @@ class Stream:
     def close(self) -> None:
         self._stream.close()
 
-    @property
-    def latency(self) -> float:
-        return float(self._stream.latency)
-
     def __enter__(self) -> Stream:
         self.start()
         return self
