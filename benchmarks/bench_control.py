@@ -345,13 +345,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="the generator worker's nice value (default 10, as `endless play` runs it)")
     ap.add_argument("--queued", action="store_true",
                     help="OSC and MIDI through the control thread's inbox only (`immediate` off: one more thread hand-off)")
+    ap.add_argument("--realtime", action="store_true",
+                    help="start jackd with realtime priority (-R -P 70, as jackd runs by default; needs rtprio or root)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
         return child_main(args.child, not args.no_generator, args.generator_nice, not args.queued)
     steps = args.steps or (100 if args.quick else 400)
     load0 = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as tmp, JackServer(BLOCK, RATE, "bench_control") as jack:
+    with tempfile.TemporaryDirectory() as tmp, JackServer(BLOCK, RATE, "bench_control", realtime=args.realtime) as jack:
         npz = Path(tmp) / "run.npz"
         env = dict(jack.env, MIDO_BACKEND=JACK_MIDI)
         child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", str(npz),
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     lat = {f"{name.split(':')[0].lower()}_{i}": {"median": _ms(pct(a, 50)), "p90": _ms(pct(a, 90)),
                                                  "p99": _ms(pct(a, 99)), "max": _ms(float(a.max()))}
            for i, (name, a) in enumerate(rows)}
-    print(json.dumps({"bench": "control", "steps": steps, "lost": lost, "blocksize": BLOCK, "rate": RATE,
+    print(json.dumps({"bench": "control", "realtime_jackd": args.realtime, "steps": steps, "lost": lost, "blocksize": BLOCK, "rate": RATE,
                       "rows": [name for name, _ in rows], "latency_ms": lat, "child": summary,
                       "status_messages": driven["status_messages"], "loadavg": load, "cpus": os.cpu_count(),
                       "generator_nice": args.generator_nice, "immediate": not args.queued,

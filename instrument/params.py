@@ -32,6 +32,7 @@ Value = float | int | bool | str | tuple[float, ...]
 
 DEFAULT_PREFIX = "/endless"
 SILENCE_DB = -60.0  # a fader at or below this is off (amplitude 0)
+GLIDE_MAX = 600.0  # seconds: the longest glide a preset, a recall or a mapping may ask for
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,17 @@ def as_float(value: Value) -> float:
     """A number-kind value as a float (the registry has checked its kind)."""
     if isinstance(value, (str, tuple)):
         raise TypeError(f"{value!r} is not a number")
+    return float(value)
+
+
+def check_glide(value: object, where: str) -> float:
+    """A glide time in seconds, 0..GLIDE_MAX: the one range for presets, recalls and mappings.
+
+    >>> check_glide(2, "glide")
+    2.0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= GLIDE_MAX:
+        raise ParamError(f"{where} = {value!r}: allowed seconds 0..{GLIDE_MAX:g}")
     return float(value)
 
 

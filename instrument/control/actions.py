@@ -1,0 +1,193 @@
+"""Actions: what a performer triggers rather than sets (presets, MIDI learn, recording).
+
+Each action is declared once, in `ACTIONS`, with its arguments as OSC takes them; OSC reaches it
+at `<prefix>/<path>`, a MIDI binding (`action = "preset/recall"`, with `preset` and `glide`, or
+`args = [...]`) reaches the same code with the same arguments. Actions may read or write files
+(presets, mappings, recordings), so the control bus runs them on the control thread, never on an
+input's own thread.
+
+>>> [a.path for a in ACTIONS][:3]
+['preset/store', 'preset/recall', 'preset/arm']
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from instrument.errors import ParamError
+from instrument.params import check_glide
+
+if TYPE_CHECKING:
+    from instrument.control.presets import PresetStore
+    from instrument.engine import Engine
+
+
+@dataclass(frozen=True)
+class Action:
+    path: str  # below the prefix: "preset/recall"
+    args: str  # the arguments, as the reference shows them
+    doc: str
+
+
+ACTIONS: tuple[Action, ...] = (
+    Action("preset/store", "name", "Store every slot's prompt, generation and mix settings as preset `name`."),
+    Action("preset/recall", "name or number [glide]",
+           "Recall a preset (a name, or a number in the preset list), gliding mix settings over `glide` seconds "
+           "(default: the preset's own, else each parameter's smoothing). From MIDI: on `program = \"any\"` without a preset, "
+           "program change N recalls preset number N + 1."),
+    Action("preset/arm", "name or number", "Pre-generate the preset's clips so its recall plays new material at once."),
+    Action("preset/next", "[glide]", "Recall the next preset in the list (after the last one recalled)."),
+    Action("preset/previous", "[glide]", "Recall the previous preset in the list."),
+    Action("learn", "[address or action] [preset]",
+           "MIDI learn: bind the next control that moves to this parameter address (or action); no argument "
+           "cancels. Answered with `/done learn <binding>` once bound."),
+    Action("record", "[1 or 0] [name]",
+           "Start (1) or stop (0) recording the output (no argument: toggle); `name` is a file name (`take1.wav`, "
+           "`.flac`), no folders. Answered, and sent to subscribers, with `/record <1 or 0> <path>`."),
+    Action("record/start", "[name]", "Same as `/record 1 [name]`."),
+    Action("record/stop", "", "Same as `/record 0`."),
+)
+BY_PATH = {a.path: a for a in ACTIONS}
+PRESET_ACTIONS = tuple(a.path for a in ACTIONS if a.path.startswith("preset/"))
+RECORD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}\.(wav|flac)")
+
+
+@dataclass(frozen=True)
+class Done:
+    """What an action answers: `/done <path> <text>`, or for recording `/record <on> <path>` (also to
+    every subscriber)."""
+
+    path: str
+    text: str
+    recording: bool | None = None  # set for record actions: on or off now
+
+
+class Recording(Protocol):
+    """Starts and stops recording the live output (`instrument.render.RecordSwitch`)."""
+
+    @property
+    def active(self) -> bool: ...
+
+    def __call__(self, start: bool, name: str | None) -> str: ...
+
+
+class Actions:
+    """The actions of one running instrument. `learn(target, preset)` is MIDI's learn (None when
+    there is no MIDI input); `recording` the record switch (None offline)."""
+
+    def __init__(self, engine: Engine, presets: PresetStore, learn: Callable[[str | None, str | int | None], None] | None
+                 = None, recording: Recording | None = None) -> None:
+        self.engine = engine
+        self.presets = presets
+        self.learn_hook = learn
+        self.recording = recording
+        self.current: str | None = None  # the slug recalled or stored last (for next/previous)
+
+    def run(self, path: str, args: tuple[object, ...]) -> Done | None:
+        """Run action `path` with OSC-style `args` (ParamError, naming the action, for bad ones)."""
+        where = f"{self.engine.registry.prefix}/{path}"
+        if path == "preset/store":
+            stored = self.presets.store(self.engine, _text(_one(args, where, 1), where))
+            self.current = stored.stem
+            return Done(path, stored.stem)
+        if path == "preset/recall":
+            return self._recall(path, _preset(_one(args, where, 2), where), _glide(args, 1, where))
+        if path == "preset/arm":
+            name = _preset(_one(args, where, 1), where)
+            clips = self.presets.arm(self.engine, name)
+            return Done(path, f"{self.presets.find(name)[0]} ({clips} clips)")
+        if path in ("preset/next", "preset/previous"):
+            _most(args, 1, where)
+            names = self.presets.names()
+            if not names:
+                raise ParamError(f"{where}: no presets stored yet: send {self.engine.registry.prefix}/preset/store NAME")
+            step = 1 if path == "preset/next" else -1
+            i = names.index(self.current) if self.current in names else (-1 if step > 0 else 0)
+            return self._recall(path, names[(i + step) % len(names)], _glide(args, 0, where))
+        if path == "learn":
+            return self._learn(args, where)
+        if path.startswith("record"):
+            return self._record(path, args, where)
+        raise ParamError(f"{path!r} is not an action: allowed {', '.join(BY_PATH)}")
+
+    def _recall(self, path: str, name: str | int, glide: float | None) -> Done:
+        q = self.engine.quantized_frame()  # on the next beat or bar when quantizing, else at once
+        result = self.presets.recall(self.engine, name, glide, -1 if q is None else q)
+        self.current = result.preset.slug
+        skipped = f" (skipped: {', '.join(result.skipped)})" if result.skipped else ""
+        return Done(path, result.preset.name + skipped)
+
+    def _learn(self, args: tuple[object, ...], where: str) -> Done | None:
+        _most(args, 2, where)
+        if self.learn_hook is None:
+            raise ParamError(f"{where}: MIDI learn needs MIDI input: start with --midi-in PATTERN (or --midi-virtual)")
+        target = None if not args else _text(args[0], where)
+        self.learn_hook(target, _preset(args[1], where) if len(args) > 1 else None)
+        return None
+
+    def _record(self, path: str, args: tuple[object, ...], where: str) -> Done:
+        if self.recording is None:
+            raise ParamError(f"{where}: recording is not available here (only `endless play` records)")
+        if path == "record/start":
+            _most(args, 1, where)
+            start, rest = True, args
+        elif path == "record/stop":
+            _most(args, 0, where)
+            start, rest = False, ()
+        else:
+            _most(args, 2, where)
+            start = not self.recording.active if not args else _switch(args[0], where)
+            rest = args[1:]
+        name = None
+        if rest:
+            if not (start and isinstance(rest[0], str) and RECORD_NAME.fullmatch(rest[0])):
+                raise ParamError(f"{where}: {rest[0]!r} is not a recording name: give a file name like take1.wav or "
+                                 "take1.flac, without folders")
+            name = rest[0]
+        return Done(path, str(self.recording(start, name)), recording=start)
+
+
+def _one(args: tuple[object, ...], where: str, most: int) -> object:
+    if not args:
+        raise ParamError(f"{where}: expected an argument, got none")
+    _most(args, most, where)
+    return args[0]
+
+
+def _most(args: tuple[object, ...], n: int, where: str) -> None:
+    if len(args) > n:
+        raise ParamError(f"{where}: takes at most {n} argument{'s' if n != 1 else ''}, got {len(args)}")
+
+
+def _text(v: object, where: str) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise ParamError(f"{where}: {v!r}: expected a name in text")
+    return v
+
+
+def _preset(v: object, where: str) -> str | int:
+    """A preset by name, or by number in the list (Pd sends numbers as floats)."""
+    if isinstance(v, str) and v.strip():
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v == int(v) and v >= 1:
+        return int(v)
+    raise ParamError(f"{where}: {v!r}: give a preset name, or its number in the list (1, 2, ...)")
+
+
+def _glide(args: tuple[object, ...], i: int, where: str) -> float | None:
+    if len(args) <= i:
+        return None
+    return check_glide(args[i], f"{where}: glide")
+
+
+def _switch(v: object, where: str) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)) and v in (0, 1):
+        return bool(v)
+    raise ParamError(f"{where}: {v!r}: allowed 1 (start) or 0 (stop)")
+
