@@ -89,17 +89,22 @@ class Actions:
 
     def run(self, path: str, args: tuple[object, ...]) -> Done | None:
         """Run action `path` with OSC-style `args` (ParamError, naming the action, for bad ones)."""
+        return self.plan(path, args)()
+
+    def plan(self, path: str, args: tuple[object, ...]) -> Callable[[], Done | None]:
+        """Check `path` and `args` (the arguments, that the preset exists, that recording can start or
+        stop) and return what runs it, changing nothing yet: a bundle checks all its messages first."""
         where = f"{self.engine.registry.prefix}/{path}"
         if path == "preset/store":
-            stored = self.presets.store(self.engine, _text(_one(args, where, 1), where))
-            self.current = stored.stem
-            return Done(path, stored.stem)
-        if path == "preset/recall":
-            return self._recall(path, _preset(_one(args, where, 2), where), _glide(args, 1, where))
-        if path == "preset/arm":
-            name = _preset(_one(args, where, 1), where)
-            clips = self.presets.arm(self.engine, name)
-            return Done(path, f"{self.presets.find(name)[0]} ({clips} clips)")
+            name = _text(_one(args, where, 1), where)
+            return lambda: self._store(path, name)
+        if path in ("preset/recall", "preset/arm"):
+            preset = _preset(_one(args, where, 2 if path == "preset/recall" else 1), where)
+            self.presets.find(preset)  # raises for a preset that is not there
+            if path == "preset/arm":
+                return lambda: self._arm(path, preset)
+            glide = _glide(args, 1, where)
+            return lambda: self._recall(path, preset, glide)
         if path in ("preset/next", "preset/previous"):
             _most(args, 1, where)
             names = self.presets.names()
@@ -107,12 +112,28 @@ class Actions:
                 raise ParamError(f"{where}: no presets stored yet: send {self.engine.registry.prefix}/preset/store NAME")
             step = 1 if path == "preset/next" else -1
             i = names.index(self.current) if self.current in names else (-1 if step > 0 else 0)
-            return self._recall(path, names[(i + step) % len(names)], _glide(args, 0, where))
+            glide = _glide(args, 0, where)
+            return lambda: self._recall(path, names[(i + step) % len(names)], glide)
         if path == "learn":
-            return self._learn(args, where)
-        if path.startswith("record"):
-            return self._record(path, args, where)
-        raise ParamError(f"{path!r} is not an action: allowed {', '.join(BY_PATH)}")
+            _most(args, 2, where)
+            hook = self.learn_hook
+            if hook is None:
+                raise ParamError(f"{where}: MIDI learn needs MIDI input: start with --midi-in PATTERN (or --midi-virtual)")
+            target = None if not args else _text(args[0], where)
+            bound = _preset(args[1], where) if len(args) > 1 else None
+            return lambda: hook(target, bound)
+        if path in ("record", "record/start", "record/stop"):
+            return self._plan_record(path, args, where)
+        raise ParamError(f"{where}: not an action: allowed {', '.join(BY_PATH)}")
+
+    def _store(self, path: str, name: str) -> Done:
+        stored = self.presets.store(self.engine, name)
+        self.current = stored.stem
+        return Done(path, name)
+
+    def _arm(self, path: str, preset: str | int) -> Done:
+        clips = self.presets.arm(self.engine, preset)
+        return Done(path, f"{self.presets.load(preset, self.engine.registry).name} ({clips} clips)")
 
     def _recall(self, path: str, name: str | int, glide: float | None) -> Done:
         q = self.engine.quantized_frame()  # on the next beat or bar when quantizing, else at once
@@ -121,16 +142,9 @@ class Actions:
         skipped = f" (skipped: {', '.join(result.skipped)})" if result.skipped else ""
         return Done(path, result.preset.name + skipped)
 
-    def _learn(self, args: tuple[object, ...], where: str) -> Done | None:
-        _most(args, 2, where)
-        if self.learn_hook is None:
-            raise ParamError(f"{where}: MIDI learn needs MIDI input: start with --midi-in PATTERN (or --midi-virtual)")
-        target = None if not args else _text(args[0], where)
-        self.learn_hook(target, _preset(args[1], where) if len(args) > 1 else None)
-        return None
-
-    def _record(self, path: str, args: tuple[object, ...], where: str) -> Done:
-        if self.recording is None:
+    def _plan_record(self, path: str, args: tuple[object, ...], where: str) -> Callable[[], Done]:
+        recording = self.recording
+        if recording is None:
             raise ParamError(f"{where}: recording is not available here (only `endless play` records)")
         if path == "record/start":
             _most(args, 1, where)
@@ -140,7 +154,7 @@ class Actions:
             start, rest = False, ()
         else:
             _most(args, 2, where)
-            start = not self.recording.active if not args else _switch(args[0], where)
+            start = not recording.active if not args else _switch(args[0], where)
             rest = args[1:]
         name = None
         if rest:
@@ -148,7 +162,10 @@ class Actions:
                 raise ParamError(f"{where}: {rest[0]!r} is not a recording name: give a file name like take1.wav or "
                                  "take1.flac, without folders")
             name = rest[0]
-        return Done(path, str(self.recording(start, name)), recording=start)
+        if start == recording.active:
+            raise ParamError(f"{where}: " + ("already recording: send /record 0 first" if start
+                                             else "not recording: send /record 1 [name] first"))
+        return lambda: Done(path, str(recording(start, name)), recording=start)
 
 
 def _one(args: tuple[object, ...], where: str, most: int) -> object:
