@@ -88,11 +88,15 @@ class _Cut:
 
 class Engine:
     def __init__(self, cfg: MixerConfig, source: ClipSource | None = None, target_depth: int = 2,
-                 prefix: str = "/endless") -> None:
-        if cfg.autolevel_glide != _autolevel_glide():
-            cfg = replace(cfg, autolevel_glide=_autolevel_glide())
-        self.cfg = cfg
+                 prefix: str = "/endless", guard_frames: int = 0) -> None:
+        """`cfg`'s xfade and curve, when None, take the registry's defaults (the only place defaults
+        live); the autolevel glide is always the registry's autolevel smoothing. `guard_frames`
+        (live play): how far ahead of the audio a quantized change must land to reach it in time."""
         self.registry = Registry(slots=cfg.slots, prefix=prefix)
+        xfade = as_float(self.registry["xfade"].default) if cfg.xfade is None else cfg.xfade
+        curve = str(self.registry["curve"].default) if cfg.curve is None else cfg.curve
+        cfg = replace(cfg, autolevel_glide=self.registry["autolevel"].smoothing, xfade=xfade, curve=curve)
+        self.cfg = cfg
         self.mixer = Mixer(cfg)
         self.source = source
         self.generator: Scheduler | None = None
@@ -101,10 +105,10 @@ class Engine:
             source.attach(self)
         self.target_depth = min(target_depth, cfg.queue_capacity)
         self.values: dict[tuple[str, int | None], Value] = self.registry.defaults()
-        self.values[("xfade", None)] = cfg.xfade
-        self.values[("curve", None)] = cfg.curve
+        self.values[("xfade", None)] = xfade
+        self.values[("curve", None)] = curve
         self.transport = Transport(cfg.sample_rate)
-        self.guard_frames = 0  # live: how far ahead a quantized change must be to reach the audio in time
+        self.guard_frames = guard_frames
         self.last_change_frame = 0  # the frame the change being reported to listeners takes effect
         self._flush_pending: set[int] = set()  # slots whose queued clips go with their next clip's cut
         self._next_pending: set[int] = set()  # slots whose cut to a new prompt waits for room in the ring
@@ -376,12 +380,6 @@ class Engine:
             commands_rejected=m.commands_rejected,
             limiter_db=m.limiter.reducing,
         )
-
-
-def _autolevel_glide() -> float:
-    """How long the master glides when autolevel follows a slot starting: the registry's autolevel
-    smoothing."""
-    return next(p.smoothing for p in PARAMS if p.key == "autolevel")
 
 
 def _code(p: Param, value: Value) -> float:

@@ -319,7 +319,11 @@ def test_registry_codes_are_the_audio_threads() -> None:
     choices = {p.key: p.choices for p in PARAMS}
     assert choices["curve"] == CURVES and choices["morph/mode"] == MORPH_MODES
     autolevel = next(p.smoothing for p in PARAMS if p.key == "autolevel")
-    assert engine().mixer.cfg.autolevel_glide == autolevel == MixerConfig().autolevel_glide
+    assert engine().mixer.cfg.autolevel_glide == autolevel
+    assert MixerConfig().autolevel_glide is None  # no second default: the engine takes the registry's
+    defaults = {p.key: p.default for p in PARAMS}
+    plain = Engine(MixerConfig(slots=1)).cfg
+    assert (plain.xfade, plain.curve) == (defaults["xfade"], defaults["curve"])
 
 
 # -- the recorder's tap -----------------------------------------------------------------------------

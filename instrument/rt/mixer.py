@@ -62,13 +62,15 @@ class MixerConfig:
     sample_rate: int = 44100
     max_block: int = 4096  # largest sub-block rendered at once (bigger callbacks are split)
     queue_capacity: int = 8  # ready clips per slot
-    xfade: float = 4.0  # T_f seconds
-    curve: str = "equal_power"
+    # the three below: None takes the instrument's default (the engine fills in the registry's);
+    # a Mixer built directly needs them given
+    xfade: float | None = None  # T_f seconds
+    curve: str | None = None  # one of CURVES
     stagger: bool = True  # start slots at phase offsets so transitions do not coincide
     ceiling_db: float = -1.0  # limiter ceiling
     lookahead: float = LOOKAHEAD_S  # limiter look-ahead, seconds: the output's delay behind the mix
     command_capacity: int = 1024  # each of the two command rings
-    autolevel_glide: float = 0.3  # seconds the master glides when autolevel follows slots starting
+    autolevel_glide: float | None = None  # seconds the master glides when autolevel follows slots starting
     tap_seconds: float = 10.0  # the recorder's tap ring: how far its writer thread may fall behind
 
 
@@ -117,6 +119,9 @@ class Mixer:
     def __init__(self, cfg: MixerConfig) -> None:
         if not 1 <= cfg.slots <= MAX_SLOTS:
             raise ValueError(f"slots {cfg.slots} out of range 1..{MAX_SLOTS}")
+        if cfg.xfade is None or cfg.curve is None or cfg.autolevel_glide is None:
+            raise ValueError("MixerConfig: xfade, curve and autolevel_glide must be given (the engine fills them in "
+                             "from the parameter registry)")
         if cfg.curve not in CURVES:
             raise ValueError(f"curve {cfg.curve!r}: one of {', '.join(CURVES)}")
         self.cfg = cfg
