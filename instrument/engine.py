@@ -178,6 +178,26 @@ class Engine:
         assert ref.slot is not None
         self.generator.check(ref.slot, ref.param.key, value)
 
+    def check_batch(self, changes: Sequence[tuple[Ref, Value]]) -> dict[int, str]:
+        """What `set` would refuse among `changes` applied in this order (index -> message), changing
+        nothing, so a bundle or a recall can be refused whole. Weights must fit the prompt the batch
+        has set for their slot by then, not the one playing now."""
+        from instrument.scheduler import blend_parts, check_weights
+
+        prompts: dict[int, str] = {}  # slot -> the prompt an earlier change in the batch sets
+        refused: dict[int, str] = {}
+        for i, (ref, value) in enumerate(changes):
+            try:
+                if ref.param.key == "slot/weights" and ref.slot in prompts and isinstance(value, tuple):
+                    check_weights(ref.slot, value, blend_parts(prompts[ref.slot]))
+                else:
+                    self.check(ref, value)
+                if ref.param.key == "slot/prompt" and ref.slot is not None:
+                    prompts[ref.slot] = str(value)
+            except ParamError as e:
+                refused[i] = str(e)
+        return refused
+
     def _generator_set(self, ref: Ref, value: Value) -> None:
         gen, p = self.generator, ref.param
         assert gen is not None and ref.slot is not None

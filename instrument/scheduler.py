@@ -56,6 +56,29 @@ class GenStats:
     rtf: float = 0.0  # generation time / audio time of the last call (< 1: faster than real time)
 
 
+def blend_parts(prompt: str) -> tuple[str, ...]:
+    """The parts of a prompt or blend, in order, that `slot/weights` weighs (none for no prompt):
+    the one count that the scheduler, the engine's batch check and preset files use."""
+    from instrument.generator.conditioning import parse_blend  # lazily: it brings torch
+
+    return tuple(name for name, _ in parse_blend(prompt)) if prompt.strip() else ()
+
+
+def check_weights(slot: int, weights: tuple[float, ...], parts: tuple[str, ...]) -> None:
+    """Raise ParamError unless there is one weight per blend part."""
+    if len(weights) != len(parts):
+        raise ParamError(f"slot {slot + 1} weights: {len(weights)} given for a prompt of {len(parts)} "
+                         f"part(s) ({' | '.join(parts) or 'no prompt'}): give one weight per part")
+
+
+def weighted_prompt(parts: tuple[str, ...], weights: tuple[float, ...]) -> str:
+    """The blend a slot plays once `weights` apply to its parts (parts at 0 left out); arming uses it too."""
+    from instrument.generator.conditioning import format_blend
+
+    total = sum(weights)
+    return format_blend([(n, w / total) for n, w in zip(parts, weights, strict=True) if w > 0])
+
+
 class Scheduler:
     name = "generator"
 
@@ -85,30 +108,22 @@ class Scheduler:
             except ValueError as e:
                 raise ParamError(f"slot {slot + 1} prompt: {e}") from None
         if key == "slot/weights" and isinstance(value, tuple):
-            parts = self.plans[slot].parts
-            if len(value) != len(parts):
-                raise ParamError(f"slot {slot + 1} weights: {len(value)} given for a prompt of {len(parts)} "
-                                 f"part(s) ({' | '.join(parts) or 'no prompt'}): give one weight per part")
+            check_weights(slot, value, self.plans[slot].parts)
 
     def set_prompt(self, slot: int, text: str) -> None:
-        from instrument.generator.conditioning import parse_blend
-
         self.check(slot, "slot/prompt", text)
         p = self.plans[slot]
         if text == p.prompt:
             return
         p.prompt = text
-        p.parts = tuple(name for name, _ in parse_blend(text)) if text.strip() else ()
+        p.parts = blend_parts(text)
         self.regenerate(slot)
 
     def set_weights(self, slot: int, weights: tuple[float, ...]) -> None:
         """New weights for the parts of the slot's blend (conditioning is mixed, not audio)."""
-        from instrument.generator.conditioning import format_blend
-
         self.check(slot, "slot/weights", weights)
         p = self.plans[slot]
-        total = sum(weights)
-        text = format_blend([(n, w / total) for n, w in zip(p.parts, weights, strict=True) if w > 0])
+        text = weighted_prompt(p.parts, weights)
         if text != p.prompt:
             p.prompt = text  # the parts stay: a weight at 0 can come back
             self.regenerate(slot)
