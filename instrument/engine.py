@@ -164,8 +164,15 @@ class Engine:
         if p.kind != "trigger":
             self.values[(p.key, ref.slot)] = value
         self.last_change_frame = frame if frame >= 0 else self.mixer.frame
-        for fn in self.listeners:
-            fn(ref, value)
+        changes = [(ref, value)]
+        if p.key == "slot/prompt" and self.values.get(("slot/weights", ref.slot), ()) != ():
+            # the weights were for the old prompt's parts (the generator dropped them): a later /sync or
+            # preset store must not carry them over to this prompt
+            self.values[("slot/weights", ref.slot)] = ()
+            changes.insert(0, (Ref(self.registry["slot/weights"], ref.slot, False), ()))
+        for changed in changes:
+            for fn in self.listeners:
+                fn(*changed)
 
     def check(self, ref: Ref, value: Value) -> None:
         """Raise ParamError for what `set` would refuse after the registry accepted the value (no
