@@ -105,9 +105,12 @@ takeover = "jump"
 def child_main(out_path: Path, generate: bool, nice: int, immediate: bool) -> int:
     from instrument.audio import output_devices, play
     from instrument.cli import _live_threads
+    from instrument.control.actions import Actions
+    from instrument.control.bus import ControlBus
     from instrument.control.mappings import Surface, parse_mapping
     from instrument.control.midi import MidiConfig, MidiControl
     from instrument.control.osc import OscConfig, OscServer
+    from instrument.control.presets import PresetStore
     from instrument.engine import Engine
     from instrument.generator.worker import GeneratorClient, WorkerSpec
     from instrument.rt import MixerConfig
@@ -165,10 +168,12 @@ def child_main(out_path: Path, generate: bool, nice: int, immediate: bool) -> in
 
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    wake = threading.Event()
+    bus = ControlBus(engine, immediate=immediate)
+    wake = bus.wake
     server = OscServer(engine, OscConfig(port=0, immediate=immediate), wake=wake).start()
-    midi = MidiControl(MidiConfig(virtual=True, client_name="endless", backend=JACK_MIDI, immediate=immediate),
-                       Surface(parse_mapping(MAPPING, "bench", engine.registry), engine.registry), wake=wake)
+    midi = MidiControl(MidiConfig(virtual=True, client_name="endless", backend=JACK_MIDI),
+                       Surface(parse_mapping(MAPPING, "bench", engine.registry), engine.registry), bus,
+                       Actions(engine, PresetStore()))
     midi.start()
     busy = [0, 0]
 
@@ -187,7 +192,7 @@ def child_main(out_path: Path, generate: bool, nice: int, immediate: bool) -> in
         print(json.dumps({"error": "the mixer's command ring is full: cannot start the tap"}), flush=True)
         return 1
     try:
-        play(engine, int(system[0]["index"]), BLOCK, "low", ticks=[server.drain, midi.drain, feed],
+        play(engine, int(system[0]["index"]), BLOCK, "low", ticks=[server.drain, lambda _e: bus.drain(), feed],
              wake=wake, on_output=on_output, stop=stop)
     finally:
         server.stop()
