@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 from instrument.params import DEFAULT_PREFIX, PARAMS, Param
 
 HEADER = """\
@@ -58,11 +61,49 @@ def osc_reference(prefix: str = DEFAULT_PREFIX) -> str:
     lines += ["", "## Command-line flags from the registry", "",
               "These parameters also have a flag on `endless play` and `endless render` setting their start value:", ""]
     lines += [f"- `--{p.name}` ({_range(p)}{' ' + p.unit if p.unit else ''}, default {_default(p)})" for p in flags]
-    from instrument.control.osc import reference
-
-    lines += ["", reference(prefix).rstrip("\n")]
+    lines += ["", server_reference(prefix).rstrip("\n")]
     lines += ["", "## Control scripts", "",
               'A control script is a JSON-lines file of `{"t": seconds, "address": "/endless/...", "args": [...]}`.',
               "`endless render --script FILE` and `endless play --script FILE` apply each event at its exact "
               "sample, so a live recording of a script equals its offline render.", ""]
     return "\n".join(lines)
+
+
+def server_reference(prefix: str = DEFAULT_PREFIX) -> str:
+    """Markdown for the server's own addresses, the actions (from `ACTIONS`, the one table MIDI
+    bindings use too), the replies, and the status sent to subscribers."""
+    from instrument.control.actions import ACTIONS
+    from instrument.control.osc import SERVER_ADDRESSES, STATUS_ADDRESSES
+
+    rows = ["## Server addresses", "", "| address | arguments | what it does |", "|---|---|---|"]
+    rows += _rows(f"{prefix}/", SERVER_ADDRESSES)
+    rows += ["", "## Actions", "", "The same actions, with the same arguments, are reachable from a MIDI binding (docs/mappings.md).",
+             "", "| address | arguments | what it does |", "|---|---|---|"]
+    rows += _rows(f"{prefix}/", ACTIONS)
+    rows += ["", f"A refused message is answered on the sender's address with `{prefix}/error <address> "
+             "<message>` and changes nothing; the messages of one bundle (and the parameters one address "
+             "pattern reaches) apply all together or not at all, and the error names each refused message's own "
+             "address. Address patterns (`*`, `?`, `[..]`, `{a,b}`) reach every parameter they match. A trigger "
+             "or an action given a 0 (a button's release) does nothing, except `record`, where 0 stops. Text "
+             "takes several arguments as words joined by spaces (Pure Data sends each word as its own symbol). "
+             f"An action answers `{prefix}/done <address> <result>` where it has a result.",
+             "", "## Status (to subscribers)", "", "| address | value | meaning |", "|---|---|---|"]
+    rows += _rows(f"{prefix}/status/", STATUS_ADDRESSES)
+    return "\n".join(rows) + "\n"
+
+
+class _Row(Protocol):
+    """A row of the address tables (`Action`, the server's and the status addresses)."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def args(self) -> str: ...
+
+    @property
+    def doc(self) -> str: ...
+
+
+def _rows(base: str, items: Iterable[_Row]) -> list[str]:
+    return [f"| `{base}{a.path}` | {a.args or '-'} | {a.doc} |" for a in items]

@@ -1,13 +1,15 @@
 """The OSC server over real loopback sockets: every address, the malformed ones, TCP/SLIP, Pure Data.
 
 Each test runs an in-process Engine with the server on an ephemeral port; the test thread plays
-the control loop (`wait`/`drain`) and renders with the offline renderer, so every accepted message
-is checked where it matters: in the audio (mixer parameters) or in the generator's plan.
+the control loop (the bus's `wait`/`drain` and the server's `tick`, holding the engine lock) and
+renders with the offline renderer, so every accepted message is checked where it matters: in the
+audio (mixer parameters) or in the generator's plan.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
 import math
 import shutil
@@ -27,9 +29,13 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
 import instrument.generator.conditioning  # noqa: F401  (torch: imported here, not inside a timed drain)
-from instrument.control.osc import SERVER_ADDRESSES, STATUS_ADDRESSES, OscConfig, OscServer, Peer, reference
+from instrument.control.actions import ACTIONS, Actions
+from instrument.control.bus import ControlBus
+from instrument.control.osc import SERVER_ADDRESSES, STATUS_ADDRESSES, OscConfig, OscServer, Peer
+from instrument.control.presets import PresetStore
+from instrument.docs import server_reference
 from instrument.engine import Engine
-from instrument.errors import ConfigError, ParamError
+from instrument.errors import ConfigError
 from instrument.generator.worker import GeneratorClient, WorkerSpec
 from instrument.params import Ref, Registry, db_to_amp
 from instrument.render import render
@@ -54,6 +60,39 @@ def parse(data: bytes) -> list[Msg]:
     return [(m.message.address, list(m.message.params)) for m in OscPacket(data).messages]
 
 
+def pump(server: OscServer, wait: float = 0.0) -> int:
+    """One tick of the control loop: wait for the bus (at most `wait` s), then, holding the engine's
+    lock, run what waits on the bus and let the server send its status. Returns the jobs run."""
+    if wait:
+        server.bus.wait(wait)
+    with server.engine.lock:
+        n = server.bus.drain()
+        server.tick()
+    return n
+
+
+class Recording:
+    """A record switch (`Actions(recording=)`) that keeps its calls; the first stop before any
+    start is refused by the actions themselves."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.calls: list[tuple[bool, str | None]] = []
+        self.active = False
+        self.fail = fail
+
+    def __call__(self, start: bool, name: str | None) -> str:
+        if self.fail is not None:
+            raise self.fail
+        self.calls.append((start, name))
+        self.active = start
+        return f"/recordings/{name or 'take-001.wav'}"
+
+
+def actions(engine: Engine, folder: Path | None = None, recording: Recording | None = None) -> Actions:
+    """The instrument's actions, with presets in `folder` (none stored when None)."""
+    return Actions(engine, PresetStore(folder or Path("/nonexistent"), ()), recording=recording)
+
+
 class Client:
     """A UDP OSC peer on 127.0.0.1 that keeps everything the server sends it."""
 
@@ -76,7 +115,7 @@ class Client:
         deadline = time.monotonic() + timeout
         self.sock.settimeout(0.01)
         while True:
-            self.server.drain()
+            pump(self.server)
             try:
                 data, _ = self.sock.recvfrom(65536)
             except TimeoutError:
@@ -107,8 +146,9 @@ class Client:
 def serve() -> Iterator[Callable[..., tuple[OscServer, Client]]]:
     made: list[tuple[OscServer, Client]] = []
 
-    def start(engine: Engine, on_record: Any = None, **cfg: Any) -> tuple[OscServer, Client]:
-        server = OscServer(engine, OscConfig(port=0, **cfg), on_record=on_record).start()
+    def start(engine: Engine, acts: Actions | None = None, immediate: bool = False, **cfg: Any
+              ) -> tuple[OscServer, Client]:
+        server = OscServer(ControlBus(engine, immediate=immediate), OscConfig(port=0, **cfg), acts).start()
         made.append((server, Client(server)))
         return made[-1]
 
@@ -328,12 +368,13 @@ MALFORMED: list[tuple[str, bytes | tuple[Any, ...], list[str]]] = [
 
 
 def test_malformed_messages_are_answered_and_change_nothing(serve: Any) -> None:
-    calls: list[tuple[bool, str | None]] = []
+    rec = Recording()
+    calls = rec.calls
     osc_e, ref_e = plan_engine(), plan_engine()
     for e in (osc_e, ref_e):
         for s in range(SLOTS):
             e.push_clip(s, noise(1.0, seed=s))
-    server, client = serve(osc_e, on_record=lambda start, name: calls.append((start, name)) or "x.wav")
+    server, client = serve(osc_e, actions(osc_e, recording=rec))
     values = dict(osc_e.values)
     gen = osc_e.generator
     assert gen is not None
@@ -360,10 +401,8 @@ def test_a_generator_parameter_without_a_generator_is_refused(serve: Any) -> Non
 
 
 def test_handler_exceptions_are_counted_and_the_server_goes_on(serve: Any) -> None:
-    def broken(start: bool, name: str | None) -> str:
-        raise RuntimeError("disk on fire")
-
-    server, client = serve(mix_engine(), on_record=broken)
+    e = mix_engine()
+    server, client = serve(e, actions(e, recording=Recording(fail=RuntimeError("disk on fire"))))
     got = client.exchange(("/endless/record", 1))
     assert got == [("/endless/error", ["/endless/record", got[0][1][1]])] and "internal error" in got[0][1][1]
     assert server.stats.handler_exceptions == 1
@@ -382,8 +421,10 @@ def test_subscribe_sync_echo_unsubscribe(serve: Any) -> None:
         dump: list[Msg] = []
         while not dump or dump[-1][0] != "/endless/sync/done":
             dump += [m for m in parse(other.recv(65536)) if not m[0].startswith("/endless/status/")]
-        n_values = len(e.values)
-        n_norm = sum(e.registry[k].has_normalized for k, _ in e.values)
+        # every value the server would accept back: no generator here, so none of its settings
+        kept = [k for k, _ in e.values if e.registry[k].target != "generator"]
+        n_values = len(kept)
+        n_norm = sum(e.registry[k].has_normalized for k in kept)
         assert len(dump) == n_values + n_norm + 2 and dump[-1] == ("/endless/sync/done", [len(dump) - 1])
         assert ("/endless/slot/2/mute", [0]) in dump and ("/endless/curve", ["equal_power"]) in dump
         assert ("/endless/record", [0]) in dump
@@ -411,11 +452,11 @@ def test_status_is_sent_and_coalesced_at_most_30_hz(serve: Any) -> None:
     e = mix_engine()
     server, client = serve(e)
     client.send("/endless/subscribe")
-    server.xruns = lambda: 3  # what the CLI sets once the audio output runs
+    e.mixer._tel.underflows = 3  # as if the audio device had underrun three times
     t0 = time.monotonic()
     while time.monotonic() - t0 < 0.5:  # a control loop ticking every 2 ms
         render(e, 0.002, 88)
-        server.drain(e)
+        pump(server)
         time.sleep(0.002)
     got = client.until_pong(_ping(client))
     levels = [m for m in got if m[0] == "/endless/status/slot/1/level"]
@@ -432,7 +473,7 @@ def test_ping_pong_and_large_datagrams(serve: Any) -> None:
     server, client = serve(mix_engine())
     blob = bytes(range(256)) * 200  # 51 KB: past python-osc's usual 8 KB
     client.send("/endless/ping", "hello", 2, blob)
-    assert server.wait(2.0) and server.drain() == 1
+    assert server.bus.wait(2.0) and pump(server) == 1
     client.sock.settimeout(2.0)
     assert parse(client.sock.recv(65536)) == [("/endless/pong", ["hello", 2, blob])]
     long_prompt = "rain " * 6000  # 30 KB of text
@@ -456,58 +497,64 @@ def test_words_triggers_patterns_and_releases(serve: Any) -> None:
 
 
 def test_record_start_stop(serve: Any) -> None:
-    calls: list[tuple[bool, str | None]] = []
-
-    def on_record(start: bool, name: str | None) -> str:
-        if not start and not any(c[0] for c in calls):
-            raise ConfigError("not recording")
-        calls.append((start, name))
-        return f"/recordings/{name or 'take-001.wav'}"
-
-    server, client = serve(mix_engine(), on_record=on_record)
-    assert client.exchange(("/endless/record/stop",)) == [("/endless/error", ["/endless/record/stop",
-                                                                               "not recording"])]
+    e = mix_engine()
+    rec = Recording()
+    server, client = serve(e, actions(e, recording=rec))
+    got = client.exchange(("/endless/record/stop",))
+    assert len(got) == 1 and got[0][0] == "/endless/error" and got[0][1][0] == "/endless/record/stop"
+    assert got[0][1][1].startswith("not recording")
     assert client.exchange(("/endless/record", 1, "take1.wav")) == [("/endless/record", [1, "/recordings/take1.wav"])]
     assert server.recording == "/recordings/take1.wav"
     assert ("/endless/record", [1, "/recordings/take1.wav"]) in client.exchange(("/endless/sync",))
     assert client.exchange(("/endless/record", 0)) == [("/endless/record", [0, "/recordings/take-001.wav"])]
     assert client.exchange(("/endless/record/start", 1.0)) == [("/endless/record", [1, "/recordings/take-001.wav"])]
     assert client.exchange(("/endless/record/stop", 0.0)) == []  # the button's release
-    assert calls == [(True, "take1.wav"), (False, None), (True, None)]
+    assert client.exchange(("/endless/record/stop", 1.0)) == [("/endless/record", [0, "/recordings/take-001.wav"])]
+    assert rec.calls == [(True, "take1.wav"), (False, None), (True, None), (False, None)]
 
 
-def test_without_a_record_callback(serve: Any) -> None:
-    server, client = serve(mix_engine())
+def test_record_goes_to_every_subscriber(serve: Any) -> None:
+    e = mix_engine()
+    server, client = serve(e, actions(e, recording=Recording()))
+    other = Client(server)
+    try:
+        other.exchange(("/endless/subscribe",))
+        assert client.exchange(("/endless/record", 1)) == [("/endless/record", [1, "/recordings/take-001.wav"])]
+        assert ("/endless/record", [1, "/recordings/take-001.wav"]) in other.marker()
+    finally:
+        other.close()
+
+
+def test_without_a_record_switch_or_actions(serve: Any) -> None:
+    e = mix_engine()
+    server, client = serve(e, actions(e))
     got = client.exchange(("/endless/record", 1))
     assert got[0][0] == "/endless/error" and "not available" in got[0][1][1]
+    server2, client2 = serve(mix_engine())  # no actions at all
+    for a in ACTIONS:
+        got = client2.exchange((f"/endless/{a.path}", "x"))
+        assert got == [("/endless/error", [f"/endless/{a.path}", got[0][1][1]])] and "not available" in got[0][1][1]
 
 
-def test_actions_run_on_the_control_thread(serve: Any) -> None:
+def test_actions_run_on_the_control_thread(serve: Any, tmp_path: Path) -> None:
     import threading
 
-    seen: list[tuple[tuple[Any, ...], str]] = []
-
-    def recall(args: tuple[Any, ...]) -> str:
-        if not args:
-            raise ParamError("give a preset: a name or a number from 1")
-        seen.append((args, threading.current_thread().name))
-        return f"recalled {args[0]}"
-
     e = mix_engine()
-    server = OscServer(e, OscConfig(port=0), actions={"preset/recall": recall}).start()
-    client = Client(server)
-    try:
-        assert client.exchange(("/endless/preset/recall", "dusk", 2.0)) == [
-            ("/endless/done", ["/endless/preset/recall", "recalled dusk"])]
-        assert seen == [(("dusk", 2.0), threading.current_thread().name)]  # drained here, not on a server thread
-        assert client.exchange(("/endless/preset/recall", 0.0)) == []  # a button's release
-        got = client.exchange(("/endless/preset/recall",))
-        assert got == [("/endless/error", ["/endless/preset/recall", "give a preset: a name or a number from 1"])]
-    finally:
-        client.close()
-        server.stop()
-    with pytest.raises(ValueError, match="hide"):
-        OscServer(e, actions={"slot/1/gain": recall})
+    acts = actions(e, tmp_path)
+    acts.presets.store(e, "Dusk")
+    e.handle("/endless/master/gain", [-12.0])
+    threads: set[str] = set()
+    e.listeners.append(lambda ref, value: threads.add(threading.current_thread().name))
+    server, client = serve(e, acts, immediate=True)  # actions wait for the control thread even so
+    assert client.exchange(("/endless/preset/recall", "dusk", 2.0)) == [
+        ("/endless/done", ["/endless/preset/recall", "Dusk"])]  # the preset's own name
+    assert e.values[("master/gain", None)] == 0.0
+    assert threads == {threading.current_thread().name}  # drained here, not on a server thread
+    assert client.exchange(("/endless/preset/recall", 0.0)) == []  # a button's release
+    got = client.exchange(("/endless/preset/recall",))
+    assert got == [("/endless/error", ["/endless/preset/recall", "expected an argument, got none"])]
+    got = client.exchange(("/endless/preset/recall", "nowhere"))
+    assert got[0][:1] == ("/endless/error",) and got[0][1][0] == "/endless/preset/recall" and len(got) == 1
 
 
 def test_tcp_slip(serve: Any) -> None:
@@ -524,8 +571,7 @@ def test_tcp_slip(serve: Any) -> None:
         while True:
             while (i := buf.find(slip.END, 1)) < 0:
                 assert time.monotonic() < deadline, got
-                server.wait(0.01)
-                server.drain()
+                pump(server, 0.01)
                 with contextlib.suppress(TimeoutError):
                     buf.extend(s.recv(65536))
             frame, rest = bytes(buf[:i + 1]), bytes(buf[i + 1:])
@@ -562,47 +608,71 @@ def test_tcp_slip(serve: Any) -> None:
 
 def test_allowlist_and_config_errors() -> None:
     e = mix_engine()
-    server = OscServer(e, OscConfig(allow=("192.168.1.0/24", "10.0.0.7")))
+    bus = ControlBus(e)
+    server = OscServer(bus, OscConfig(allow=("192.168.1.0/24", "10.0.0.7")))
     assert server.allows("192.168.1.77") and server.allows("10.0.0.7") and server.allows("::ffff:192.168.1.9")
     assert server.allows("127.0.0.1") and server.allows("::1")  # loopback always
     assert not server.allows("10.0.0.8") and not server.allows("192.168.2.1") and not server.allows("nonsense")
-    assert OscServer(e, OscConfig()).allows("203.0.113.5")  # no list: anyone who reaches the port
-    for bad in (OscConfig(allow=("192.168.1.300",)), OscConfig(status_hz=60), OscConfig(port=70000)):
+    assert OscServer(bus, OscConfig()).allows("203.0.113.5")  # no list: anyone who reaches the port
+    for bad in (OscConfig(allow=("192.168.1.300",)), OscConfig(status_hz=60), OscConfig(port=70000),
+                OscConfig(tcp_port=-1)):
         with pytest.raises(ConfigError):
-            OscServer(e, bad)
-    with OscServer(e, OscConfig(port=0)) as first, pytest.raises(ConfigError, match="in use"):
-        OscServer(e, OscConfig(port=first.port)).start()
+            OscServer(bus, bad)
+    with OscServer(bus, OscConfig(port=0)) as first, pytest.raises(ConfigError, match="in use"):
+        OscServer(bus, OscConfig(port=first.port)).start()
+    with OscServer(bus, OscConfig(port=0, tcp_port=0)) as first, pytest.raises(ConfigError, match="--osc-tcp-port"):
+        OscServer(bus, OscConfig(port=0, tcp_port=first.tcp_port)).start()
     with pytest.raises(ConfigError, match="--listen"):
-        OscServer(e, OscConfig(host="203.0.113.77", port=0)).start()
+        OscServer(bus, OscConfig(host="203.0.113.77", port=0)).start()
     assert e.listeners == []  # stop() detached the echo
 
 
-def test_wait_returns_as_soon_as_a_message_arrives() -> None:
-    import threading
+def _own_address() -> str:
+    """This machine's address on its way out (no packet is sent), to reach the server not from loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # TEST-NET-1: routing only
+        return str(s.getsockname()[0])
 
-    shared = threading.Event()  # one Event for every input: play() sleeps on it
+
+def test_a_peer_not_allowed_is_refused_packet_by_packet(serve: Any) -> None:
+    host = _own_address()
+    if ipaddress.ip_address(host).is_loopback:
+        pytest.fail("this machine has no address but loopback: the allowlist cannot be tested here")
     e = mix_engine()
-    server = OscServer(e, OscConfig(port=0), wake=shared).start()
+    server, _ = serve(e, host="0.0.0.0", allow=("198.51.100.0/24",))  # not `host`
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        s.sendto(encode(G1, -6.0), (host, server.port))
+        deadline = time.monotonic() + 2
+        while server.stats.refused_peers == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert server.stats.refused_peers == 1 and server.stats.packets == 0 and server.bus.pending() == 0
+    assert e.values[("slot/gain", 0)] == 0.0
+
+
+def test_wait_returns_as_soon_as_a_message_arrives() -> None:
+    e = mix_engine()
+    bus = ControlBus(e, immediate=False)  # every input shares the bus: the control loop sleeps on it
+    server = OscServer(bus, OscConfig(port=0)).start()
     client = Client(server)
     try:
         t0 = time.perf_counter()
         client.send(G1, -1.0)
-        assert shared.wait(2.0)
-        shared.clear()
+        assert bus.wait(2.0)
         assert time.perf_counter() - t0 < 0.1
-        assert server.drain(e) == 1 and server.delays and server.delays[-1] < 100_000_000
-        assert not server.wait(0.01)  # nothing more
-        with pytest.raises(ValueError, match="another engine"):
-            server.drain(mix_engine())
+        assert pump(server) == 1 and server.delays and server.delays[-1] < 100_000_000
+        assert e.values[("slot/gain", 0)] == -1.0
+        assert not bus.wait(0.01)  # nothing more
     finally:
         client.close()
         server.stop()
+        server.stop()  # idempotent
 
 
 def test_immediate_applies_on_arrival_and_keeps_order_behind_a_busy_control_loop(serve: Any) -> None:
-    """`immediate` (what `endless play` uses): with the engine's lock free, a message is applied on
-    the receiver thread, with no drain(); while the control loop holds the lock it waits in the inbox,
-    and the next message that finds the lock free applies it first, so the order holds."""
+    """With the engine's lock free, a message is applied on the receiving thread by the bus, with
+    no drain(); while the control loop holds the lock it waits on the bus, and the next message
+    that finds the lock free applies it first, so the order holds."""
     e = mix_engine()
     server, client = serve(e, immediate=True)
     g1 = e.registry.resolve(G1)
@@ -621,20 +691,22 @@ def test_immediate_applies_on_arrival_and_keeps_order_behind_a_busy_control_loop
     assert applied(-7.0) and server.stats.immediate == 1
     cmds = e.mixer.take_commands()
     assert [c[2] for c in cmds] == [db_to_amp(-7.0)]  # in the audio thread's ring
-    with e.lock:  # the control loop is busy: the message queues and wakes it
+    with e.lock:  # the control loop is busy: the message waits and wakes it
         client.send(G1, -9.0)
-        assert server.wake.wait(5)
+        assert server.bus.wake.wait(5)
         assert e.values[(g1.param.key, g1.slot)] == -7.0
     client.send(G1, -11.0)  # finds the lock free: -9 first, then -11
     assert applied(-11.0)
     assert [c[2] for c in e.mixer.take_commands()] == [db_to_amp(-9.0), db_to_amp(-11.0)]
-    assert server.drain(e) == 0  # nothing left for the control loop
+    assert pump(server) == 0  # nothing left for the control loop
 
 
-def test_reference_lists_every_server_and_status_address() -> None:
-    text = reference("/endless")
+def test_reference_lists_every_server_action_and_status_address() -> None:
+    text = server_reference("/endless")
     for a in SERVER_ADDRESSES:
         assert f"`/endless/{a.path}`" in text
+    for a in ACTIONS:
+        assert f"| `/endless/{a.path}` | {a.args or '-'} | {a.doc} |" in text
     for a in STATUS_ADDRESSES:
         assert f"`/endless/status/{a.path}`" in text
 
@@ -659,8 +731,7 @@ def _run_pd(server: OscServer, patch: str, send: str, seconds: float = 15.0) -> 
     deadline = time.monotonic() + seconds
     try:
         while proc.poll() is None and time.monotonic() < deadline:
-            server.wait(0.01)
-            server.drain()
+            pump(server, 0.01)
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -691,8 +762,7 @@ def test_pure_data_control_patch_drives_the_instrument(serve: Any) -> None:
                   "endless-gain-2 0.5; endless-mute-3 1; endless-next-1 bang; pd quit")
     t0 = time.monotonic()
     while server.stats.applied < 3 and time.monotonic() - t0 < 2:
-        server.wait(0.05)
-        server.drain()
+        pump(server, 0.05)
     assert "error" not in out and "couldn't create" not in out, out
     assert math.isclose(e.values[("slot/gain", 1)], 20 * math.log10(2 * 0.5 ** 2), abs_tol=1e-4)
     assert e.values[("slot/mute", 2)] is True

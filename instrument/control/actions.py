@@ -146,6 +146,8 @@ class Actions:
         recording = self.recording
         if recording is None:
             raise ParamError(f"{where}: recording is not available here (only `endless play` records)")
+        if path != "record" and args and args[0] in (1, True):
+            args = args[1:]  # a button's press (TouchOSC sends 1, then 0 on release): no argument
         if path == "record/start":
             _most(args, 1, where)
             start, rest = True, args

@@ -1,0 +1,252 @@
+"""OSC feedback: everything the server sends, on one sender thread.
+
+- replies: `/pong`, `/done`, `/record`, `/error` to a sender (queued by the routes);
+- echo: every change the engine accepts, from any input (OSC, MIDI, presets, scripts), on its own
+  address (real units, and /normalized) to every subscriber. The engine listener only queues it:
+  whoever changes the engine (holding its lock) never waits on a socket;
+- sync: a dump of every current value, only as messages the server itself accepts back (a client
+  may replay it), then `/sync/done <count>`;
+- status: meters and counters to subscribers at most `status_hz` a second (<= 30), only what
+  changed and everything once a second. `tick()` (the control loop, holding the engine lock) takes
+  a snapshot when one is due and the last one has gone out, so a slow network never queues them up.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from instrument.control.osc.config import OscConfig, OscStats, RateLog
+from instrument.control.osc.transport import Peer
+from instrument.errors import ParamError
+from instrument.params import Param, Ref, Value
+
+if TYPE_CHECKING:
+    from instrument.engine import Engine
+
+STATUS_REFRESH = 1.0  # seconds between full status frames (in between, only what changed)
+
+Msg = tuple[str, tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class Address:
+    path: str  # below the prefix
+    args: str
+    doc: str
+
+
+# Sent to subscribers under <prefix>/status.
+STATUS_ADDRESSES: tuple[Address, ...] = (
+    Address("slot/N/level", "float dBFS", "RMS of the slot's last block after its gain (-100: silent)."),
+    Address("slot/N/buffered", "float s", "Audio ready for the slot: the rest of its clip plus its queue."),
+    Address("slot/N/queue", "int", "Clips queued for the slot."),
+    Address("slot/N/progress", "float 0..1", "Generation of the slot's clip in flight (0: none)."),
+    Address("generator/state", "text", "loading, ready, busy, restarting, failed or stopped."),
+    Address("generator/progress", "float 0..1", "Steps done of the generator's current call."),
+    Address("generator/rtf", "float", "Generation time over audio time of the last clip (< 1: keeps up)."),
+    Address("xruns", "int", "Audio device underruns since the start."),
+    Address("starvations", "int", "Times a slot ran out of audio."),
+    Address("limiter", "float dB", "Gain reduction of the output limiter now."),
+    Address("tempo", "float bpm", "The transport's tempo (internal, or MIDI clock)."),
+)
+
+
+@dataclass(frozen=True)
+class _Out:
+    dest: Peer | None  # None: every subscriber
+    msgs: tuple[Msg, ...]
+    status: bool = False
+
+
+class Feedback:
+    """Subscribers, the outgoing queue and its sender thread, for one engine."""
+
+    def __init__(self, engine: Engine, config: OscConfig, stats: OscStats, send: Callable[[Peer, bytes], None],
+                 note: RateLog) -> None:
+        self.engine = engine
+        self.registry = engine.registry
+        self.prefix = engine.registry.prefix
+        self.config = config
+        self.stats = stats
+        self.recording: str | None = None  # the path being recorded (for /sync)
+        self._send = send
+        self._note = note
+        self._outbox: queue.Queue[_Out | None] = queue.Queue()
+        self._subs: dict[tuple[object, ...], Peer] = {}
+        self._subs_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._status_due = 0.0
+        self._status_busy = False  # a snapshot is waiting for the sender: coalesce, do not queue another
+        self._status_refresh = True
+        self._status_full_at = 0.0
+        self._last_status: dict[str, tuple[Any, ...]] = {}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._send_loop, name="endless-osc-send", daemon=True)
+        self._thread.start()
+        self.engine.listeners.append(self._changed)
+
+    def stop(self) -> None:
+        if self._changed in self.engine.listeners:
+            self.engine.listeners.remove(self._changed)
+        self._outbox.put(None)
+        if self._thread is not None:
+            self._thread.join(5)
+
+    # -- subscribers -----------------------------------------------------------------------------
+    def subscribers(self) -> list[Peer]:
+        with self._subs_lock:
+            return list(self._subs.values())
+
+    def room_for(self, dest: Peer) -> bool:
+        with self._subs_lock:
+            return dest.key in self._subs or len(self._subs) < self.config.max_subscribers
+
+    def subscribe(self, dest: Peer) -> None:
+        """Add `dest` and send it the full state (the caller holds the engine lock: no change falls
+        between the dump and the first echo)."""
+        with self._subs_lock:
+            self._subs[dest.key] = dest
+        self._status_refresh = True
+        self.reply(dest, *self.dump())
+
+    def unsubscribe(self, dest: Peer) -> None:
+        with self._subs_lock:
+            self._subs.pop(dest.key, None)
+
+    # -- what goes out ---------------------------------------------------------------------------
+    def reply(self, dest: Peer, *msgs: Msg) -> None:
+        self._outbox.put(_Out(dest, msgs))
+
+    def to_all(self, *msgs: Msg) -> None:
+        """To every subscriber (those there when it is sent)."""
+        self._outbox.put(_Out(None, msgs))
+
+    def error(self, peer: Peer, address: str, message: str) -> None:
+        """`/error <address> <message>` to the sender (the message without a leading "<address>: ")."""
+        self.stats.errors += 1
+        if message.startswith(address + ": "):
+            message = message[len(address) + 2:]
+        self.reply(peer, (f"{self.prefix}/error", (address, message)))
+        self._note(f"OSC from {peer}: {address}: {message}")
+
+    def _changed(self, ref: Ref, value: Value) -> None:
+        """Engine listener (whoever holds the engine lock): every accepted change, to subscribers."""
+        if self._subs:
+            self.to_all(*self.value_msgs(ref.param, ref.slot, value))
+
+    def value_msgs(self, p: Param, slot: int | None, value: Value) -> tuple[Msg, ...]:
+        addr = p.address(self.prefix, slot)
+        if p.kind == "trigger":
+            return ((addr, ()),)
+        if not p.has_normalized:
+            return ((addr, _args(value)),)
+        return ((addr, _args(value)), (addr + "/normalized", (float(p.to_normalized(value)),)))
+
+    def dump(self) -> tuple[Msg, ...]:
+        """Every current value the server would accept back (holding the engine lock): weights with no
+        values, or generator settings on an instrument without a generator, are left out."""
+        values, reg = self.engine.values, self.registry
+        kept: list[tuple[Ref, Value]] = []
+        for p in reg:
+            for slot in (range(reg.slots) if p.scope == "slot" else (None,)):
+                value = values.get((p.key, slot))
+                if value is None:
+                    continue
+                ref = Ref(p, slot, False)
+                try:
+                    reg.coerce(ref, _args(value))
+                except ParamError:
+                    continue
+                kept.append((ref, value))
+        refused = self.engine.check_batch(kept)
+        msgs = [m for i, (ref, value) in enumerate(kept) if i not in refused
+                for m in self.value_msgs(ref.param, ref.slot, value)]
+        msgs.append((f"{self.prefix}/record", (1, self.recording) if self.recording else (0,)))
+        msgs.append((f"{self.prefix}/sync/done", (len(msgs),)))
+        return tuple(msgs)
+
+    def tick(self) -> None:
+        """Queue a status snapshot for subscribers when one is due (the control loop, holding the lock)."""
+        now = time.monotonic()
+        if self._status_busy or now < self._status_due or not self._subs:
+            return
+        self._status_due = now + 1.0 / self.config.status_hz
+        self._status_busy = True
+        self._outbox.put(_Out(None, self._status(), status=True))
+
+    def _status(self) -> tuple[Msg, ...]:
+        e, pre = self.engine, f"{self.prefix}/status"
+        st = e.stats()
+        gen = e.generator
+        prog = gen.client.progress if gen is not None else None
+        msgs: list[Msg] = []
+        for i in range(e.cfg.slots):
+            lv = st.levels[i]
+            msgs += [(f"{pre}/slot/{i + 1}/level", (round(20 * math.log10(lv), 1) if lv > 1e-5 else -100.0,)),
+                     (f"{pre}/slot/{i + 1}/buffered", (round(st.buffered_seconds[i], 1),)),
+                     (f"{pre}/slot/{i + 1}/queue", (st.queue_depths[i],))]
+            if gen is not None:
+                req = gen.plans[i].inflight
+                frac = prog.step / prog.steps if prog is not None and req in prog.ids and prog.steps else 0.0
+                msgs.append((f"{pre}/slot/{i + 1}/progress", (round(frac, 3),)))
+        if gen is not None:
+            frac = prog.step / prog.steps if prog is not None and prog.steps else 0.0
+            msgs += [(f"{pre}/generator/state", (gen.client.state,)), (f"{pre}/generator/progress", (round(frac, 3),)),
+                     (f"{pre}/generator/rtf", (round(gen.stats.rtf, 3),))]
+        msgs += [(f"{pre}/xruns", (e.mixer.underflows,)), (f"{pre}/starvations", (sum(st.starvations),)),
+                 (f"{pre}/limiter", (round(st.limiter_db, 1),)), (f"{pre}/tempo", (round(e.transport.bpm, 2),))]
+        return tuple(msgs)
+
+    # -- the sender thread -----------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            try:
+                self._deliver(item)
+            except Exception as e:  # a bug: say so, keep sending
+                self.stats.handler_exceptions += 1
+                self._note(f"OSC: error sending {item.msgs[0][0] if item.msgs else '?'} (a bug: please report it)", e)
+            finally:
+                if item.status:
+                    self._status_busy = False
+
+    def _deliver(self, item: _Out) -> None:
+        msgs = self._changed_status(item.msgs) if item.status else item.msgs
+        dests = [item.dest] if item.dest is not None else self.subscribers()
+        if not dests:
+            return
+        for addr, args in msgs:
+            b = OscMessageBuilder(addr)
+            for a in args:
+                b.add_arg(a)
+            data = b.build().dgram
+            for d in dests:
+                self._send(d, data)
+
+    def _changed_status(self, msgs: tuple[Msg, ...]) -> tuple[Msg, ...]:
+        now = time.monotonic()
+        full = self._status_refresh or now >= self._status_full_at
+        if full:
+            self._status_refresh = False
+            self._status_full_at = now + STATUS_REFRESH
+        last = self._last_status
+        out = tuple(m for m in msgs if full or last.get(m[0]) != m[1])
+        last.update(out)
+        return out
+
+
+def _args(value: Value) -> tuple[Any, ...]:
+    """A value as OSC arguments: weights as floats, a switch as 0/1 (Pd and Max have no boolean)."""
+    if isinstance(value, tuple):
+        return tuple(float(x) for x in value)
+    if isinstance(value, bool):
+        return (int(value),)
+    return (value,)
