@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from instrument import rt
+from instrument import checks, rt
 from instrument.clips import Clip
 from instrument.errors import ParamError
 from instrument.params import PARAMS, Param, Ref, Registry, Value, as_float, db_to_amp
@@ -166,44 +166,21 @@ class Engine:
         self.last_change_frame = frame if frame >= 0 else self.mixer.frame
         changes = [(ref, value)]
         if p.key == "slot/prompt" and self.values.get(("slot/weights", ref.slot), ()) != ():
-            # the weights were for the old prompt's parts (the generator dropped them): a later /sync or
-            # preset store must not carry them over to this prompt
+            # they were for the old prompt's parts: a later /sync or preset store must not carry them over
             self.values[("slot/weights", ref.slot)] = ()
             changes.insert(0, (Ref(self.registry["slot/weights"], ref.slot, False), ()))
-        for changed in changes:
-            for fn in self.listeners:
-                fn(*changed)
+        for fn, change in itertools.product(self.listeners, changes):
+            fn(*change)
 
     def check(self, ref: Ref, value: Value) -> None:
         """Raise ParamError for what `set` would refuse after the registry accepted the value (no
         generator, a bad blend, weights that do not fit), changing nothing."""
-        if ref.param.target != "generator":
-            return
-        if self.generator is None:
-            raise ParamError(f"{ref.address(self.registry.prefix)}: there is no generator: this instrument plays "
-                             "a clip folder (start it with --model instead of --clips)")
-        assert ref.slot is not None
-        self.generator.check(ref.slot, ref.param.key, value)
+        checks.check_change(self, ref, value)
 
     def check_batch(self, changes: Sequence[tuple[Ref, Value]]) -> dict[int, str]:
         """What `set` would refuse among `changes` applied in this order (index -> message), changing
-        nothing, so a bundle or a recall can be refused whole. Weights must fit the prompt the batch
-        has set for their slot by then, not the one playing now."""
-        from instrument.scheduler import blend_parts, check_weights
-
-        prompts: dict[int, str] = {}  # slot -> the prompt an earlier change in the batch sets
-        refused: dict[int, str] = {}
-        for i, (ref, value) in enumerate(changes):
-            try:
-                if ref.param.key == "slot/weights" and ref.slot in prompts and isinstance(value, tuple):
-                    check_weights(ref.slot, value, blend_parts(prompts[ref.slot]))
-                else:
-                    self.check(ref, value)
-                if ref.param.key == "slot/prompt" and ref.slot is not None:
-                    prompts[ref.slot] = str(value)
-            except ParamError as e:
-                refused[i] = str(e)
-        return refused
+        nothing, so a bundle or a recall can be refused whole (weights fit the batch's own prompt)."""
+        return checks.check_batch(self, changes)
 
     def _generator_set(self, ref: Ref, value: Value) -> None:
         gen, p = self.generator, ref.param

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from instrument.control.tomlfile import read_versioned, toml_value, write_atomic
 from instrument.errors import ParamError
-from instrument.params import Param, Ref, Registry, Value, as_float
+from instrument.params import Param, Ref, Registry, Value, as_float, check_glide
 
 if TYPE_CHECKING:
     from instrument.control.midi import MidiControl
@@ -102,8 +102,8 @@ def parse_preset(text: str, where: str, registry: Registry, slug: str = "") -> P
     if not isinstance(name, str):
         raise ParamError(f"{where}: name = {name!r}: allowed text in quotes")
     glide = doc.get("glide")
-    if glide is not None and (isinstance(glide, bool) or not isinstance(glide, (int, float)) or not 0 <= glide <= 600):
-        raise ParamError(f"{where}: glide = {glide!r}: allowed seconds 0..600")
+    if glide is not None:
+        glide = check_glide(glide, f"{where}: glide")
     params = scene_params(registry)
     by_global = {field_name(p): p for p in params if p.scope == "global"}
     by_slot = {field_name(p): p for p in params if p.scope == "slot"}
@@ -116,11 +116,26 @@ def parse_preset(text: str, where: str, registry: Registry, slug: str = "") -> P
         raise ParamError(f"{where}: slot must be an array of tables: write each as [[slot]]")
     if len(slots_t) > 16:
         raise ParamError(f"{where}: {len(slots_t)} [[slot]] tables: at most 16")
-    slots = tuple(tuple(_value(registry, by_slot, k, v, 0, f"{where}: [[slot]] #{i + 1}") for k, v in s.items())
-                  for i, s in enumerate(slots_t))
+    slots = tuple(_slot(registry, by_slot, s, i, f"{where}: [[slot]] #{i + 1}") for i, s in enumerate(slots_t))
     desc = doc.get("description", "")
-    return Preset(name, slug, None if glide is None else float(glide), globals_, slots,
-                  desc if isinstance(desc, str) else "")
+    return Preset(name, slug, glide, globals_, slots, desc if isinstance(desc, str) else "")
+
+
+def _slot(registry: Registry, table: dict[str, Param], raw: dict[str, object], i: int,
+          where: str) -> tuple[tuple[str, Value], ...]:
+    """One [[slot]] table; its weights must fit its own prompt (a preset that could never recall is
+    refused when it is read, naming the file and the slot)."""
+    from instrument.scheduler import blend_parts, check_weights
+
+    items = tuple(_value(registry, table, k, v, 0, where) for k, v in raw.items())
+    d = dict(items)
+    weights, prompt = d.get("slot/weights", ()), d.get("slot/prompt")
+    if isinstance(prompt, str) and isinstance(weights, tuple) and weights:
+        try:
+            check_weights(i, weights, blend_parts(prompt))
+        except ParamError as e:
+            raise ParamError(f"{where}: {e}") from None
+    return items
 
 
 def _value(registry: Registry, table: dict[str, Param], key: str, raw: object, slot: int | None,
@@ -208,8 +223,8 @@ class PresetStore:
         key: object = name_or_index
         if isinstance(key, float) and key.is_integer():
             key = int(key)
-        if isinstance(key, str) and key.strip().isdigit():
-            key = int(key)
+        if isinstance(key, str) and key.strip().isdigit() and key.strip() not in files:
+            key = int(key)  # digits name a preset first; else its number in the list
         if isinstance(key, int) and not isinstance(key, bool):
             if not 1 <= key <= len(order):
                 raise ParamError(f"preset {key}: out of range: there {'is' if len(order) == 1 else 'are'} "
@@ -246,17 +261,13 @@ class PresetStore:
         once. With `frame` >= 0 the mixer settings land at that output frame and each new prompt's
         first clip cuts in there too, or on the first grid boundary after it arrives when later
         (quantized recall)."""
+        asked = None if glide is None else check_glide(glide, "preset recall: glide")
         preset = self.load(name_or_index, engine.registry)
-        g = preset.glide if glide is None else glide
-        if g is not None and not 0 <= g <= 600:
-            raise ParamError(f"preset recall: glide {g:g} s: allowed 0..600")
+        g = preset.glide if asked is None else asked
         plan, skipped = self._plan(engine, preset)
-        for ref, value in plan:  # a bad blend must not half-apply the preset
-            if ref.param.key == "slot/prompt":
-                try:
-                    engine.check(ref, value)
-                except ParamError as e:
-                    raise ParamError(f"preset {preset.slug}: {e}") from None
+        refused = engine.check_batch(plan)  # a bad blend or weights must not half-apply the preset
+        if refused:
+            raise ParamError(f"preset {preset.slug}: {refused[min(refused)]}")
         for ref, value in plan:
             engine.set(ref, value, frame, glide=g if ref.param.target == "mixer" else None)
         log.info("preset %s recalled (%d changes%s)", preset.slug, len(plan),
@@ -276,7 +287,10 @@ class PresetStore:
                 skipped.append(f"slot {s + 1} (this instrument has {reg.slots})")
                 continue
             d = dict(items)
-            new_prompt = "slot/prompt" in d and values.get(("slot/prompt", s)) != d["slot/prompt"]
+            # the prompt goes out again when it is the same but plays with weights the preset has not
+            # (a prompt change drops them); after a prompt its weights always go out
+            unweighted = d.get("slot/weights", ()) == () and values.get(("slot/weights", s), ()) != ()
+            new_prompt = "slot/prompt" in d and (values.get(("slot/prompt", s)) != d["slot/prompt"] or unweighted)
             for key in sorted(d, key=lambda k: _ORDER.get(k, -1)):
                 value = d[key]
                 p = reg[key]
@@ -285,27 +299,36 @@ class PresetStore:
                         skipped.append(f"slot {s + 1} prompt (no generator)")
                     continue
                 if key == "slot/weights" and (value == () or not new_prompt and values.get((key, s)) == value):
-                    continue  # after a new prompt its weights always go out (the old ones were for the old prompt)
-                if key != "slot/weights" and values.get((key, s)) == value:
+                    continue
+                if key == "slot/prompt" and not new_prompt:
+                    continue
+                if key not in ("slot/prompt", "slot/weights") and values.get((key, s)) == value:
                     continue
                 plan.append((Ref(p, s, False), value))
         return plan, skipped
 
     def arm(self, engine: Engine, name_or_index: str | int | float) -> int:
-        """Pre-generate a clip for every slot whose prompt the preset changes; returns how many."""
+        """Pre-generate a clip for every slot whose prompt (or its weights) the preset changes, of the blend
+        the recall will play; returns how many."""
         preset = self.load(name_or_index, engine.registry)
         arm = getattr(engine.generator, "arm", None)
         if arm is None:
             raise ParamError(f"preset arm {preset.slug}: arming needs the generator (this instrument plays "
                              "clips from a folder)")
+        from instrument.control.arming import played_prompt
+
         n = 0
         for s in range(min(len(preset.slots), engine.registry.slots)):
             d = preset.slot(s)
-            prompt = d.get("slot/prompt")
-            if not isinstance(prompt, str) or not prompt.strip() or prompt == engine.values.get(("slot/prompt", s)):
+            prompt, weights = d.get("slot/prompt"), d.get("slot/weights", ())
+            if not isinstance(prompt, str) or not prompt.strip() or not isinstance(weights, tuple):
                 continue
+            now, now_weights = engine.values.get(("slot/prompt", s), ""), engine.values.get(("slot/weights", s), ())
+            assert isinstance(now, str) and isinstance(now_weights, tuple)
+            if played_prompt(s, prompt, weights) == played_prompt(s, now, now_weights):
+                continue  # the slot plays it already
             n += bool(arm(s, prompt, steps=d.get("slot/steps"), guidance=d.get("slot/guidance"),
-                          seconds=d.get("slot/length"), seed=d.get("slot/seed")))
+                          seconds=d.get("slot/length"), seed=d.get("slot/seed"), weights=weights))
         return n
 
 
