@@ -12,8 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from instrument.control.actions import BY_PATH as ACTIONS
-from instrument.control.mapfile import LEARN_WINDOW, Binding, Mapping, format_control, mapping_to_toml, resolve_target
+from instrument.control.actions import BY_PATH
+from instrument.control.mapfile import (
+    LEARN_WINDOW,
+    Binding,
+    Mapping,
+    format_control,
+    mapping_to_toml,
+    resolve_target,
+)
 from instrument.control.surface import Surface
 from instrument.control.tomlfile import write_atomic
 from instrument.errors import EndlessError, ParamError
@@ -92,7 +99,7 @@ class MidiLearn:
         if target is None or target == "":
             self._learner = None
             return
-        if target not in ACTIONS:
+        if target not in BY_PATH:
             ref = resolve_target(target, self.surface.registry)
             if ref.param.kind in ("text", "weights"):
                 raise ParamError(f"learn {target}: {ref.param.key} is not played from a control (write a "

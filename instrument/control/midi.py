@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from instrument.control.bus import ControlBus, Job
 from instrument.control.learn import MidiLearn, default_learn_path
-from instrument.control.surface import Surface
 from instrument.control.midi_ports import MidiConfig, MidiStats, Ports, Receiver
+from instrument.control.surface import Surface
 from instrument.errors import EndlessError
 from instrument.params import Ref, Value
 
