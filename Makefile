@@ -32,7 +32,7 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/endless docs > docs/osc.md
-	$(BIN)/python -c "from instrument.control.mappings import mapping_reference as r; print(r(), end='')" > docs/mappings.md
+	$(BIN)/python -c "from instrument.control.mapdoc import mapping_reference as r; print(r(), end='')" > docs/mappings.md
 
 bench: $(STAMP)
 	@scripts/system-deps.sh test

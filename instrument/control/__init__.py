@@ -8,7 +8,10 @@ they share one wake event, so the loop sleeps until any of them has work.
   osc       the OSC server: UDP and TCP/SLIP, its address space derived from the parameter
             registry, echo and status to subscribers (`OscServer`, `OscConfig`)
   midi      MIDI input and feedback through mido (`MidiControl`)
-  mappings  controller mappings: MIDI controls to registry addresses and actions
+  mapkeys   the mapping file format as one table of keys; mapfile reads, checks and writes mapping files
+            by it, mapdoc makes docs/mappings.md from it
+  decode    MIDI bytes (through mido) to control events: 14-bit CC and NRPN pairing, encoders
+  surface   a mapping on an engine: curves, soft takeover, buttons, actions, feedback (`Surface`)
   presets   scenes: store, recall with a glide, arm (`PresetStore`, `ControlActions`)
   arming    pre-generating an armed preset's clips (`ArmingScheduler`)
 

@@ -6,11 +6,8 @@ and says nothing about a key that the table says already.
 
 >>> reg = Registry(slots=2)
 >>> m = parse_mapping('version = 1\\n[[control]]\\ncc = 7\\ntarget = "slot/1/gain"\\n', "demo.toml", reg)
->>> print(format_control(m.controls[0]), end="")
-[[control]]
-cc = 7
-channel = "any"
-target = "slot/1/gain"
+>>> format_control(m.controls[0]).splitlines()
+['[[control]]', 'cc = 7', 'channel = "any"', 'target = "slot/1/gain"']
 """
 
 from __future__ import annotations
