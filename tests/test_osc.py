@@ -8,6 +8,7 @@ audio (mixer parameters) or in the generator's plan.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import ipaddress
 import itertools
@@ -714,6 +715,80 @@ def test_reference_lists_every_server_action_and_status_address() -> None:
 def test_peer_key_tells_transports_apart() -> None:
     assert Peer("127.0.0.1", 9000).key != Peer("127.0.0.1", 9001).key
     assert str(Peer("127.0.0.1", 9000)) == "udp:127.0.0.1:9000"
+
+
+# -- a packet is one job on the control bus: all or nothing --------------------------------------------
+def _errors(got: list[Msg]) -> dict[str, str]:
+    return {args[0]: args[1] for a, args in got if a == "/endless/error"}
+
+
+def test_a_bundle_with_a_bad_action_applies_nothing_and_names_the_action(serve: Any, tmp_path: Path) -> None:
+    e = mix_engine()
+    acts = actions(e, tmp_path)
+    acts.presets.store(e, "Dusk")
+    server, client = serve(e, acts)
+    before = dict(e.values)
+    got = client.exchange(_bundle(("/endless/master/gain", -21.0), ("/endless/preset/next", "fast"),
+                                  (G1, -31.0)))
+    errors = _errors(got)
+    assert set(errors) == {"/endless/master/gain", "/endless/preset/next", G1}, got
+    assert "fast" in errors["/endless/preset/next"] and "not applied" not in errors["/endless/preset/next"]
+    assert errors["/endless/master/gain"].startswith("not applied") and errors[G1].startswith("not applied")
+    assert e.values == before and server.stats.applied == 0 and acts.current is None
+    got = client.exchange(_bundle(("/endless/master/gain", -21.0), ("/endless/preset/next", 0.5), (G1, -31.0)))
+    assert got[-1] == ("/endless/done", ["/endless/preset/next", "Dusk"]) and not _errors(got)
+    assert e.values[("master/gain", None)] == 0.0  # the recall came after the gain, in order
+    assert e.values[("slot/gain", 0)] == -31.0 and server.stats.applied == 2
+
+
+def test_weights_are_checked_against_the_prompt_the_same_bundle_sets(serve: Any) -> None:
+    e = plan_engine()
+    server, client = serve(e)
+    w1 = "/endless/slot/1/weights"
+    assert client.exchange(_bundle(("/endless/slot/1/prompt", "a | b"), (w1, 0.25, 0.75))) == [], "two parts: fits"
+    assert e.values[("slot/prompt", 0)] == "a | b" and e.values[("slot/weights", 0)] == (0.25, 0.75)
+    assert e.generator is not None and e.generator.plans[0].prompt == "a:0.25 | b:0.75"
+    got = client.exchange(_bundle(("/endless/slot/1/prompt", "a"), (w1, 0.2, 0.8)))
+    errors = _errors(got)
+    assert set(errors) == {"/endless/slot/1/prompt", w1} and "weights" in errors[w1], got
+    assert errors["/endless/slot/1/prompt"].startswith("not applied")
+    assert e.values[("slot/prompt", 0)] == "a | b" and e.generator.plans[0].prompt == "a:0.25 | b:0.75"
+    assert server.stats.applied == 2
+
+
+def test_sync_dumps_only_what_the_server_accepts_back(serve: Any) -> None:
+    e = plan_engine()
+    server, client = serve(e)
+    assert client.exchange(("/endless/slot/2/prompt", "rain | thunder"), ("/endless/slot/1/mute", 1)) == []
+    dump = client.exchange(("/endless/sync",))
+    assert dump[-1] == ("/endless/sync/done", [len(dump) - 1])
+    assert ("/endless/slot/2/prompt", ["rain | thunder"]) in dump and ("/endless/slot/1/mute", [1]) in dump
+    assert not [m for m in dump if m[0].endswith("/weights")], "weights with no values would be refused"
+    # played back as one bundle, the dump is accepted whole and changes nothing
+    before = dict(e.values)
+    replay = [m for m in dump if m[0] not in ("/endless/sync/done", "/endless/record")]
+    applied = server.stats.applied
+    assert client.exchange(_bundle(*[(a, *args) for a, args in replay])) == []
+    assert server.stats.applied == applied + len(replay) and e.values.keys() == before.keys()
+    for k, v in e.values.items():  # OSC's floats are 32-bit
+        assert v == before[k] if isinstance(v, (str, bool, tuple)) else math.isclose(v, before[k], rel_tol=1e-6, abs_tol=1e-5), k
+
+
+def test_a_ping_waits_behind_an_action(serve: Any, tmp_path: Path) -> None:
+    e = mix_engine()
+    server, client = serve(e, actions(e, tmp_path), immediate=True)
+    client.send("/endless/preset/store", "Dawn")  # an action: it waits for the control thread
+    client.send("/endless/ping", 99)  # may not overtake it, though it could run where it arrived
+    client.sock.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        client.sock.recv(65536)
+    assert client.until_pong(99) == [("/endless/done", ["/endless/preset/store", "Dawn"])]
+
+
+def test_the_osc_code_never_takes_the_engine_lock() -> None:
+    for path in (ROOT / "instrument" / "control" / "osc").glob("*.py"):
+        used = {n.attr for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Attribute)}
+        assert not used & {"lock", "acquire"}, f"{path}: the bus owns the engine lock"
 
 
 # -- Pure Data as a real peer -----------------------------------------------------------------------
