@@ -175,7 +175,7 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
          seconds: float | None = None, recorder: Recorder | None = None,
          status: Callable[[Engine, Output], None] | None = None, lookahead: float = 0.5,
          ticks: Sequence[Callable[[Engine], object]] = (), wake: threading.Event | None = None,
-         on_output: Callable[[Output], None] | None = None, stop: threading.Event | None = None) -> PlaySummary:
+         stop: threading.Event | None = None) -> PlaySummary:
     """Play until `seconds` of output have been produced (None: until Ctrl-C or `stop` is set).
 
     The control loop: `ticks` (what OSC and MIDI left in their inboxes), due script events,
@@ -192,8 +192,6 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
         engine.pump()
     limit = None if seconds is None else int(round(seconds * sr))
     out = Output(engine, device, blocksize, latency)
-    if on_output is not None:
-        on_output(out)
     last_status = 0.0
     times = CallbackTimes(engine.mixer)
     # The audio thread never needs the GIL; the control threads do (OSC and MIDI apply messages on

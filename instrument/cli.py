@@ -7,29 +7,26 @@ EndlessError into one line on stderr and an exit code (`--verbose` shows the tra
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
-import os
+import math
 import sys
-import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from instrument import __version__
+from instrument.config import EngineConfig, OutputConfig, PlayConfig, SourceConfig
 from instrument.errors import ConfigError, EndlessError
-from instrument.params import PARAMS, Param, Registry, as_float
-from instrument.rt import LOOKAHEAD_S, MixerConfig
+from instrument.params import PARAMS
+from instrument.rt import LOOKAHEAD_S
+
+if TYPE_CHECKING:
+    from instrument.engine import Engine
 
 log = logging.getLogger("endless")
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "endless"
 
 
 def _registry_flags(ap: argparse.ArgumentParser) -> None:
@@ -44,14 +41,6 @@ def _registry_flags(ap: argparse.ArgumentParser) -> None:
             every = " Sets every slot." if p.scope == "slot" else ""
             ap.add_argument(f"--{p.name}", type=float, default=p.default, metavar=p.unit.upper() or "X",
                             help=f"{p.doc}{every} ({p.min:g}..{p.max:g} {p.unit}, default {p.default})")
-
-
-DEFAULT_PROMPTS = (
-    "gentle rain falling on leaves in a quiet forest",
-    "distant thunder rolling over hills",
-    "wind blowing through tall pine trees",
-    "birds chirping at dawn near a stream",
-)
 
 
 def _mix_args(ap: argparse.ArgumentParser) -> None:
@@ -153,119 +142,54 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
+def _source_config(args: argparse.Namespace) -> SourceConfig:
+    return SourceConfig(model=str(args.model_dir) if args.model_dir is not None else args.model, backend=args.backend,
+                        compute_units=args.compute_units, coreml_package=args.coreml_package,
+                        prompts=tuple(args.prompt or ()), max_batch=args.max_batch,
+                        generator_nice=args.generator_nice, clips=args.clips, demo=args.demo, assign=args.assign,
+                        seed=args.seed)
 
 
-def _mixer_config(args: argparse.Namespace, sample_rate: int) -> MixerConfig:
-    _check(1 <= args.slots <= 16, f"--slots {args.slots}: allowed 1..16")
-    reg = Registry(slots=args.slots)
-    values: dict[str, float | str] = {}
-    for p in PARAMS:
-        if p.cli and p.scope == "global":
-            values[p.name] = _flag_value(reg, p, getattr(args, p.name))
-    blocksize = getattr(args, "blocksize", 0) or 0
-    _check(0 <= blocksize <= 16384, f"--blocksize {blocksize}: allowed 0..16384")
-    _check(8000 <= sample_rate <= 384000, f"--samplerate {sample_rate}: allowed 8000..384000 Hz")
-    lookahead = getattr(args, "lookahead", LOOKAHEAD_S * 1000)
-    _check(0.05 <= lookahead <= 5, f"--lookahead {lookahead:g}: allowed 0.05..5 ms")
-    return MixerConfig(slots=args.slots, sample_rate=sample_rate, max_block=max(4096, blocksize),
-                       xfade=float(values["xfade"]), curve=str(values["curve"]), lookahead=lookahead / 1000)
+def _engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(slots=args.slots, lookahead_ms=args.lookahead, script=args.script,
+                        settings={p.name: getattr(args, p.name) for p in PARAMS if p.cli},
+                        source=_source_config(args))
 
 
-def _flag_value(reg: Registry, p: Param, value: object) -> float | str:
+def _latency(text: str) -> str | float:
+    if text in ("low", "high"):
+        return text
     try:
-        v = reg.check(p, value, f"--{p.name}")
-        return v if isinstance(v, str) else as_float(v)
-    except EndlessError as e:
-        raise ConfigError(str(e)) from None
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--latency {text!r}: use low, high or a number of seconds") from None
 
 
-def _demo_dir(slots: int) -> Path:
-    from instrument.demo import write_demo_clips
+def play_config(args: argparse.Namespace) -> PlayConfig:
+    """`endless play`'s flags as the typed config the Instrument runs."""
+    from instrument.control.midi import MidiConfig
+    from instrument.control.osc import OscConfig
 
-    d = _cache_dir() / "demo-clips"
-    write_demo_clips(d, slots=min(slots, 4))
-    log.info("playing the built-in demo textures from %s", d)
-    return d
-
-
-def _engine(args: argparse.Namespace, sample_rate: int, deterministic: bool = False):  # type: ignore[no-untyped-def]
-    from instrument.engine import Engine
-    from instrument.script import load_script
-    from instrument.sources import ClipSource, FolderSource
-
-    cfg = _mixer_config(args, sample_rate)
-    reg = Registry(slots=cfg.slots)
-    slot_values = {p.key: _flag_value(reg, p, getattr(args, p.name)) for p in PARAMS if p.cli and p.scope == "slot"}
-    prompts = args.prompt or []
-    _check(len(prompts) <= cfg.slots, f"--prompt given {len(prompts)} times for {cfg.slots} slots: give at most "
-                                      "one per slot, or raise --slots")
-    _check(1 <= args.max_batch <= 16, f"--max-batch {args.max_batch}: allowed 1..16")
-    _check(0 <= args.generator_nice <= 19, f"--generator-nice {args.generator_nice}: allowed 0..19 (0: same "
-                                           "priority as the audio)")
-    script = load_script(args.script, reg) if args.script is not None else []
-    source: ClipSource
-    if args.clips is not None or args.demo:
-        _check(not prompts, "--prompt needs the generator: drop --clips/--demo")
-        clips = args.clips if args.clips is not None else _demo_dir(args.slots)
-        source = FolderSource(clips, cfg.slots, sample_rate, assign=args.assign, seed=args.seed)
-    else:
-        source = _generator(args, cfg, sample_rate, deterministic)
-    engine = Engine(cfg, source)
-    for p in PARAMS:  # registry flags that are not mixer settings: tempo, quantize
-        if p.cli and p.scope == "global" and p.key not in ("xfade", "curve"):
-            engine.handle(p.address(reg.prefix), [_flag_value(reg, p, getattr(args, p.name))])
-    if engine.generator is not None:
-        for key, value in slot_values.items():
-            for s in range(cfg.slots):
-                engine.handle(reg[key].address(reg.prefix, s), [value])
-        scripted = {ev.address for ev in script if ev.t == 0 and ev.address.endswith("/prompt")}
-        for s in range(cfg.slots):
-            addr = reg["slot/prompt"].address(reg.prefix, s)
-            if addr in scripted:
-                continue
-            text = prompts[s] if s < len(prompts) else ("" if prompts else DEFAULT_PROMPTS[s % len(DEFAULT_PROMPTS)])
-            engine.handle(addr, [text])
-    engine.load_script(script)
-    return engine
-
-
-def _generator(args: argparse.Namespace, cfg: MixerConfig, sample_rate: int, deterministic: bool):  # type: ignore[no-untyped-def]
-    from instrument.control.arming import ArmingScheduler
-    from instrument.generator.backends import TINY_WARNING, choose_backend, choose_model
-    from instrument.generator.worker import GeneratorClient, WorkerSpec
-
-    choice = choose_model(str(args.model_dir) if args.model_dir is not None else args.model)
-    device, dtype, vae_dtype = choose_backend(args.backend)
-    if choice.stand_in:
-        print(TINY_WARNING, file=sys.stderr)
-    log.info("generator: model %s on %s (%s)", choice.model, device, dtype)
-    # a render is deterministic: one clip per call, so batching never changes the numbers
-    spec = WorkerSpec(model=choice.model, device=device, dtype=dtype, vae_dtype=vae_dtype, sample_rate=sample_rate,
-                      max_batch=1 if deterministic else args.max_batch, allow_download=choice.allow_download,
-                      nice=args.generator_nice, threads=0 if deterministic else _live_threads(device),
-                      coreml=args.backend == "coreml", compute_units=args.compute_units,
-                      coreml_package=str(args.coreml_package) if args.coreml_package is not None else None)
-    client = GeneratorClient(spec)
-    client.start()
-    return ArmingScheduler(client, cfg.slots, base_seed=args.seed)  # a Scheduler that can pre-generate presets
-
-
-def _live_threads(device: str) -> int:
-    """Torch threads for a CPU generator playing live: every core but one, which stays for the audio
-    and the controls (0, torch's default, on an accelerator and for an offline render)."""
-    return max(1, (os.cpu_count() or 2) - 1) if device == "cpu" else 0
+    midi = (MidiConfig(inputs=tuple(args.midi_in), outputs=tuple(args.midi_out), virtual=args.midi_virtual)
+            if args.midi_in or args.midi_out or args.midi_virtual or args.mapping else None)
+    return PlayConfig(engine=_engine_config(args),
+                      output=OutputConfig(device=args.device, samplerate=args.samplerate, blocksize=args.blocksize,
+                                          latency=_latency(args.latency)),
+                      seconds=args.seconds, record=args.record, record_dir=args.record_dir, stats=args.stats,
+                      log_control=args.log_control,
+                      osc=OscConfig(host=args.listen, port=args.osc_port, tcp_port=args.osc_tcp_port,
+                                    allow=tuple(args.allow)),
+                      midi=midi, mapping=args.mapping, presets=args.presets)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from instrument.build import build_engine
     from instrument.render import check_output_path, render, write_audio
 
     _check(args.seconds > 0, f"--seconds {args.seconds}: must be > 0")
     _check(1 <= args.blocksize <= 16384, f"--blocksize {args.blocksize}: allowed 1..16384")
     check_output_path(args.out)
-    engine = _engine(args, args.samplerate, deterministic=not args.live_timing)
+    engine = build_engine(_engine_config(args), args.samplerate, args.blocksize, deterministic=not args.live_timing)
     t0 = time.perf_counter()
     bar = _Progress("render", engine) if sys.stderr.isatty() else None
     try:
@@ -283,7 +207,23 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gen_summary(engine) -> str:  # type: ignore[no-untyped-def]
+def cmd_play(args: argparse.Namespace) -> int:
+    from instrument.live import Instrument
+
+    with Instrument(play_config(args), _status_line if sys.stderr.isatty() else None) as inst:
+        summary = inst.run()
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        print(summary.line() + _gen_summary(inst.engine))
+    return 0
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def _gen_summary(engine: Engine) -> str:
     gen = engine.generator
     if gen is None:
         return ""
@@ -292,100 +232,16 @@ def _gen_summary(engine) -> str:  # type: ignore[no-untyped-def]
             f"{gen.client.restarts} restarts, last RTF {s.rtf:.3f}")
 
 
-def cmd_play(args: argparse.Namespace) -> int:
-    from instrument.audio import device_rate, find_device, play
-    from instrument.control.osc import OscConfig, OscServer
-    from instrument.control.presets import ControlActions, PresetStore
-    from instrument.render import Recorder, RecordSwitch, check_output_path
-    from instrument.script import ControlLog
-
-    _check(args.seconds is None or args.seconds > 0, f"--seconds {args.seconds}: must be > 0")
-    latency: str | float = args.latency
-    if latency not in ("low", "high"):
-        try:
-            latency = float(latency)
-        except ValueError:
-            raise ConfigError(f"--latency {args.latency!r}: use low, high or a number of seconds") from None
-    if args.record is not None:
-        check_output_path(args.record)
-    _check(args.stats is None or args.stats.parent.is_dir(),
-           f"--stats {args.stats}: folder {args.stats.parent if args.stats else ''} does not exist: create it first")
-    device = find_device(args.device)
-    rate = args.samplerate or device_rate(device)
-    engine = _engine(args, rate)
-    engine.guard_frames = int(0.03 * rate) + 2 * (args.blocksize or 256)  # quantized changes must reach the audio
-    control_log = ControlLog(args.log_control, engine) if args.log_control is not None else None
-    frames = -1 if args.seconds is None else int(round(args.seconds * rate))
-    recorder = Recorder(args.record, engine.mixer, frames) if args.record is not None else None
-    status = _status_line if sys.stderr.isatty() else None
-    wake = threading.Event()
-    actions = ControlActions(engine, PresetStore(args.presets) if args.presets else None)
-    midi = _midi(args, engine, actions, wake)
-    switch = RecordSwitch(args.record_dir, engine.mixer)
-    osc = OscServer(engine, OscConfig(host=args.listen, port=args.osc_port, tcp_port=args.osc_tcp_port,
-                                      allow=tuple(args.allow), immediate=True),
-                    on_record=switch, actions=actions.osc_handlers(), wake=wake).start()
-
-    def on_output(out) -> None:  # type: ignore[no-untyped-def]
-        switch.out = out
-        osc.xruns = lambda: out.underflows
-
-    ticks = [osc.drain] + ([midi.drain] if midi is not None else [])
-    try:
-        summary = play(engine, device, args.blocksize, latency, args.seconds, recorder, status, ticks=ticks,
-                       wake=wake, on_output=on_output)
-    finally:
-        osc.stop()
-        if switch.rec is not None:
-            switch(False, None)
-        if midi is not None:
-            midi.close()
-        if recorder is not None:
-            recorder.close()
-        if control_log is not None:
-            control_log.close()
-        if engine.source is not None:
-            engine.source.close()
-    if status:
-        sys.stderr.write("\n")
-    print(summary.line() + _gen_summary(engine))
-    if args.stats is not None:
-        try:
-            stats = {k: None if isinstance(v, float) and v != v else v for k, v in dataclasses.asdict(summary).items()}
-            args.stats.write_text(json.dumps(dict(stats, pid=os.getpid())) + "\n")
-        except OSError as e:
-            log.error("--stats %s: cannot write it (%s)", args.stats, e)
-    return 0
-
-
-def _midi(args: argparse.Namespace, engine, actions, wake: threading.Event):  # type: ignore[no-untyped-def]
-    """MIDI input/feedback when any MIDI flag is given; None otherwise."""
-    if not (args.midi_in or args.midi_out or args.midi_virtual or args.mapping):
-        return None
-    from instrument.control.mappings import Mapping, Surface, load_mapping
-    from instrument.control.midi import MidiConfig, MidiControl, default_learn_path, transport_feed
-
-    path = args.mapping or default_learn_path()
-    mapping = load_mapping(path, engine.registry) if args.mapping or path.exists() else Mapping()
-    midi = MidiControl(MidiConfig(inputs=tuple(args.midi_in), outputs=tuple(args.midi_out), virtual=args.midi_virtual,
-                                  immediate=True),
-                       Surface(mapping, engine.registry), actions.midi_action, wake=wake)
-    midi.realtime.append(transport_feed(engine))  # MIDI clock, start, stop -> the transport
-    actions.midi = midi
-    midi.start()
-    return midi
-
-
-def _status_line(engine, out) -> None:  # type: ignore[no-untyped-def]
+def _status_line(engine: Engine) -> None:
     st = engine.stats()
     pairs = enumerate(zip(st.levels, st.buffered_seconds, strict=True))
     slots = " ".join(f"{i + 1}:{_meter(lv)}{b:4.0f}s" for i, (lv, b) in pairs)
-    sys.stderr.write(f"\r{st.frames / engine.cfg.sample_rate:7.1f}s  {slots}  xruns {out.underflows}  "
+    sys.stderr.write(f"\r{st.frames / engine.cfg.sample_rate:7.1f}s  {slots}  xruns {engine.mixer.underflows}  "
                      f"starved {sum(st.starvations)}  lim {st.limiter_db:4.1f}dB {_gen_status(engine)} ")
     sys.stderr.flush()
 
 
-def _gen_status(engine) -> str:  # type: ignore[no-untyped-def]
+def _gen_status(engine: Engine) -> str:
     gen = engine.generator
     if gen is None:
         return ""
@@ -395,15 +251,13 @@ def _gen_status(engine) -> str:  # type: ignore[no-untyped-def]
 
 
 def _meter(level: float) -> str:
-    import math
-
     db = 20 * math.log10(level) if level > 0 else -99.0
     n = max(0, min(5, int((db + 50) / 10)))
     return "#" * n + "." * (5 - n)
 
 
 class _Progress:
-    def __init__(self, label: str, engine=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, label: str, engine: Engine | None = None) -> None:
         self.label = label
         self.engine = engine
         self.last = 0.0
@@ -469,9 +323,10 @@ def cmd_convert_coreml(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_clips(args: argparse.Namespace) -> int:
+    from instrument.build import cache_dir
     from instrument.demo import write_demo_clips
 
-    d = args.dir or _cache_dir() / "demo-clips"
+    d = args.dir or cache_dir() / "demo-clips"
     files = write_demo_clips(d)
     print(f"{len(files)} demo clips in {d}")
     return 0

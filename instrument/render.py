@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -133,17 +132,20 @@ class Recorder:
 
 
 class RecordSwitch:
-    """OSC `/endless/record`: start and stop a Recorder on the running Output (holding engine.lock)."""
+    """The record action (`/endless/record`, a MIDI button): start and stop takes of the live output
+    in `folder`. Called holding the engine lock; a take started before the stream taps from its
+    first frame."""
 
     def __init__(self, folder: Path, mixer: Mixer) -> None:
         self.folder = folder
         self.mixer = mixer
-        self.out: Any = None  # the audio Output, once play() has opened it
         self.rec: Recorder | None = None
 
+    @property
+    def active(self) -> bool:
+        return self.rec is not None
+
     def __call__(self, start: bool, name: str | None) -> str:
-        if self.out is None:
-            raise ConfigError("the audio output is not running yet")
         if start:
             if self.rec is not None:
                 raise ConfigError(f"already recording to {self.rec.path}: send /endless/record 0 first")
@@ -157,3 +159,8 @@ class RecordSwitch:
         rec, self.rec = self.rec, None
         rec.close()
         return str(rec.path)
+
+    def close(self) -> None:
+        """The end of the set: finish a take still running."""
+        if self.rec is not None:
+            self(False, None)
