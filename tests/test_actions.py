@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from instrument.control.actions import Actions, Done
@@ -14,8 +13,7 @@ from instrument.control.presets import PresetStore
 from instrument.engine import Engine
 from instrument.errors import ParamError
 from instrument.generator.worker import GeneratorClient, WorkerSpec
-from instrument.render import render
-from instrument.rt import MixerConfig, lookahead_samples
+from instrument.rt import MixerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 44100
@@ -109,20 +107,6 @@ def test_next_with_no_presets_says_how_to_store_one(tmp_path: Path) -> None:
     a = Actions(engine(), PresetStore(tmp_path / "user", ()))
     with pytest.raises(ParamError, match=r"^/endless/preset/next: no presets stored yet: send /endless/preset/store NAME$"):
         a.run("preset/next", ())
-
-
-def test_a_quantized_recall_lands_on_the_bar(tmp_path: Path) -> None:
-    """What ControlActions' recall did (tests moved here with it): on the next bar when quantizing."""
-    (tmp_path / "quiet.toml").write_text("version = 1\n[[slot]]\ngain = -60.0\n")
-    e = engine(slots=1, xfade=0.01, stagger=False)
-    e.push_clip(0, np.full((10 * SR, 2), 0.1, np.float32))
-    e.handle("/endless/quantize", ["bar"])  # 120 bpm, 4/4: bars every 2 s
-    a = Actions(e, PresetStore(tmp_path, ()))
-    render(e, 0.5, 256)
-    a.run("preset/recall", ("quiet", 0.0))
-    out = render(e, 2.0, 256)[lookahead_samples(SR):, 0]
-    bar = 2 * SR - SR // 2  # from the render's start at 0.5 s
-    assert out[bar - 1] == pytest.approx(0.1, abs=1e-6) and np.all(out[bar:] == 0.0)
 
 
 # -- what plan() lets through that run() then refuses: a bundle with it would half-apply -------------

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from instrument.control.actions import Actions
 from instrument.control.arming import ArmingScheduler
 from instrument.control.presets import (
-    ControlActions,
     PresetStore,
     parse_preset,
     preset_to_toml,
@@ -179,32 +179,28 @@ def test_recall_glides_and_lands_on_its_frame(tmp_path: Path) -> None:
 def test_next_previous_and_midi_actions(tmp_path: Path) -> None:
     st = PresetStore(tmp_path / "none", [ROOT / "presets"])
     e = engine()
-    a = ControlActions(e, st)
-    assert a.step(1).preset.slug == "night-city"
-    assert a.step(1).preset.slug == "rain-at-dawn"
-    assert a.step(-1).preset.slug == "night-city"
-    assert a.step(-1).preset.slug == "storm-front"  # wraps
-    a.midi_action("preset/recall", 2, 0.0)
+    a = Actions(e, st)
+    for path, slug in (("next", "night-city"), ("next", "rain-at-dawn"), ("previous", "night-city"),
+                       ("previous", "storm-front")):  # wraps
+        a.run(f"preset/{path}", ())
+        assert a.current == slug
+    a.run("preset/recall", (2, 0.0))  # as a MIDI program change or note calls it
     assert a.current == "rain-at-dawn" and e.values[("xfade", None)] == 8.0
     with pytest.raises(ParamError, match="needs MIDI input"):
-        a.learn("/endless/xfade")
+        a.run("learn", ("/endless/xfade",))
     with pytest.raises(ParamError, match="arming needs the generator"):
-        a.arm("storm-front")
+        a.run("preset/arm", ("storm-front",))
 
 
-@pytest.mark.parametrize("route", ["osc", "midi note", "osc next"])
-def test_quantized_recall_lands_on_the_bar_from_osc_and_midi(tmp_path: Path, route: str) -> None:
+@pytest.mark.parametrize("path, args", [("preset/recall", ("quiet", 0.0)), ("preset/next", (0.0,))])
+def test_quantized_recall_lands_on_the_bar_from_osc_and_midi(tmp_path: Path, path: str, args: tuple[object, ...]) -> None:
+    """OSC and MIDI (a sequencer's note, a program change) reach the same action."""
     st = store_with(tmp_path, quiet="version = 1\n[[slot]]\ngain = -60.0\n")
     e = _dc_engine()
     e.handle("/endless/quantize", ["bar"])  # 120 bpm, 4/4: bars every 2 s
-    a = ControlActions(e, st)
+    a = Actions(e, st)
     render(e, 0.5, 256)
-    if route == "osc":
-        a.osc_handlers()["preset/recall"](("quiet", 0.0))
-    elif route == "midi note":
-        a.midi_action("preset/recall", "quiet", 0.0)  # a sequencer's note, a program change
-    else:
-        a.osc_handlers()["preset/next"]((0.0,))
+    a.run(path, args)
     L = lookahead_samples(SR)
     out = render(e, 2.0, 256)[L:, 0]
     bar = 2 * SR - SR // 2  # frame 88200, from the render's start at 0.5 s
@@ -258,8 +254,7 @@ def test_quantized_recall_cuts_its_prompts_on_the_frame_of_its_mix(tmp_path: Pat
     clips.arrive(0.3, cut=False)
     e.handle("/endless/quantize", ["bar"])
     clips.play(0.5)
-    a = ControlActions(e, st)
-    a.midi_action("preset/recall", "scene", 0.0)
+    Actions(e, st).run("preset/recall", ("scene", 0.0))
     assert e.values[("slot/prompt", 0)] == "thunder"  # asked of the generator at once
     clips.play(arrives - 0.5)
     clips.arrive(0.8, cut=True)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from instrument.clips import Clip, ClipInfo
-from instrument.control.presets import ControlActions, PresetStore
+from instrument.control.actions import Actions
+from instrument.control.presets import PresetStore
 from instrument.engine import Engine
 from instrument.rt import MixerConfig
 from instrument.transport import PPQN, Transport
@@ -54,7 +55,7 @@ def _dc_engine(bpm_ticks: float | None) -> Engine:
 def test_quantized_next_and_recall_land_on_the_bar_of_a_midi_clock(bpm: float, action: str, tmp_path: Path) -> None:
     e = _dc_engine(bpm)
     (tmp_path / "quiet.toml").write_text("version = 1\n[[slot]]\ngain = -60.0\n")
-    actions = ControlActions(e, PresetStore(tmp_path, ()))
+    actions = Actions(e, PresetStore(tmp_path, ()))
     per_tick = SR * 60 / bpm / PPQN
     e.transport.start()
     total, block = int(6 * SR), 256
@@ -69,7 +70,7 @@ def test_quantized_next_and_recall_land_on_the_bar_of_a_midi_clock(bpm: float, a
         if pos <= asked_at < end and action == "next":
             e.handle("/endless/slot/1/next", [])
         elif pos <= asked_at < end:
-            actions.midi_action("preset/recall", "quiet", 0.0)  # a program change, a sequencer's note
+            actions.run("preset/recall", ("quiet", 0.0))  # a program change, a sequencer's note
         e.schedule_script(end)
         e.pump()
         e.mixer.process(out[pos:end])

@@ -12,7 +12,7 @@ they share one wake event, so the loop sleeps until any of them has work.
             by it, mapdoc makes docs/mappings.md from it
   decode    MIDI bytes (through mido) to control events: 14-bit CC and NRPN pairing, encoders
   surface   a mapping on an engine: curves, soft takeover, buttons, actions, feedback (`Surface`)
-  presets   scenes: store, recall with a glide, arm (`PresetStore`, `ControlActions`)
+  presets   scenes: store, recall with a glide, arm (`PresetStore`); actions.py runs them (`Actions`)
   arming    pre-generating an armed preset's clips (`ArmingScheduler`)
 
 Import the modules directly: importing this package imports nothing else.

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from instrument.control.tomlfile import read_versioned, toml_value, write_atomic
 from instrument.errors import ParamError
-from instrument.params import Param, Ref, Registry, Value, as_float, check_glide
+from instrument.params import Param, Ref, Registry, Value, check_glide
 
 if TYPE_CHECKING:
-    from instrument.control.midi import MidiControl
     from instrument.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -330,91 +329,3 @@ class PresetStore:
             n += bool(arm(s, prompt, steps=d.get("slot/steps"), guidance=d.get("slot/guidance"),
                           seconds=d.get("slot/length"), seed=d.get("slot/seed"), weights=weights))
         return n
-
-
-# == what OSC and MIDI call ========================================================================
-class ControlActions:
-    """Presets and MIDI learn for one engine: what OSC handlers and MIDI actions call.
-
-    `midi_action` is the `on_action` sink of `MidiControl` (preset notes, program changes, buttons).
-    """
-
-    def __init__(self, engine: Engine, presets: PresetStore | None = None, midi: MidiControl | None = None) -> None:
-        self.engine = engine
-        self.presets = presets or PresetStore()
-        self.midi = midi
-        self.current: str | None = None  # the slug recalled last (for next/previous)
-
-    def store(self, name: str) -> Path:
-        path = self.presets.store(self.engine, name)
-        self.current = path.stem
-        return path
-
-    def recall(self, name_or_index: str | int | float, glide: float | None = None,
-               frame: int | None = None) -> RecallResult:
-        """Recall a preset; with no `frame`, on the next beat or bar when quantizing, else at once."""
-        if frame is None:
-            q = self.engine.quantized_frame()
-            frame = -1 if q is None else q
-        result = self.presets.recall(self.engine, name_or_index, glide, frame)
-        self.current = result.preset.slug
-        return result
-
-    def arm(self, name_or_index: str | int | float) -> int:
-        return self.presets.arm(self.engine, name_or_index)
-
-    def step(self, delta: int, glide: float | None = None, frame: int | None = None) -> RecallResult:
-        names = self.presets.names()
-        if not names:
-            raise ParamError("no presets stored yet: /endless/preset/store NAME")
-        i = names.index(self.current) if self.current in names else (-1 if delta > 0 else 0)
-        return self.recall(names[(i + delta) % len(names)], glide, frame)
-
-    def learn(self, address: str | None, preset: str | int | None = None) -> None:
-        """`/endless/learn <address or action> [preset]`; no address cancels."""
-        if self.midi is None:
-            raise ParamError("MIDI learn needs MIDI input: start with --midi-in PATTERN (or --midi-virtual)")
-        self.midi.learn(address, preset)
-
-    def osc_handlers(self) -> dict[str, Callable[[tuple[object, ...]], object]]:
-        """The OSC addresses (below the prefix) for presets and MIDI learn, for `OscServer(actions=)`."""
-
-        def glide(args: tuple[object, ...], i: int) -> float | None:
-            return as_float(args[i]) if len(args) > i else None  # type: ignore[arg-type]
-
-        def one(args: tuple[object, ...], what: str) -> str | int | float:
-            if not args or not isinstance(args[0], (str, int, float)):
-                raise ParamError(f"{self.engine.registry.prefix}/{what}: give a preset name or number")
-            return args[0]
-
-        def learn(args: tuple[object, ...]) -> None:
-            preset = one(args[1:], "learn ACTION") if len(args) > 1 else None
-            self.learn(str(args[0]) if args else None, preset if preset is None else _int_or_str(preset))
-
-        return {
-            "preset/store": lambda a: self.store(str(one(a, "preset/store"))),
-            "preset/recall": lambda a: self.recall(one(a, "preset/recall"), glide(a, 1)),
-            "preset/arm": lambda a: self.arm(one(a, "preset/arm")),
-            "preset/next": lambda a: self.step(1, glide(a, 0)),
-            "preset/previous": lambda a: self.step(-1, glide(a, 0)),
-            "learn": learn,
-        }
-
-    def midi_action(self, action: str, preset: str | int | None, glide: float | None) -> None:
-        if action == "preset/recall" and preset is not None:
-            self.recall(preset, glide)
-        elif action == "preset/arm" and preset is not None:
-            self.arm(preset)
-        elif action in ("preset/next", "preset/previous"):
-            self.step(1 if action == "preset/next" else -1, glide)
-        else:
-            raise ParamError(f"MIDI action {action}: unknown, or it needs a preset")
-
-
-def _int_or_str(value: str | int | float) -> str | int:
-    """A preset named over OSC: a number (Pd sends floats) as an int, else the name."""
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ParamError(f"preset {value:g}: give a name or a whole number")
-        return int(value)
-    return value
