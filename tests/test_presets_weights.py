@@ -10,21 +10,14 @@ import pytest
 
 from instrument.clips import Clip, ClipInfo
 from instrument.control.arming import ArmingScheduler
-from instrument.control.presets import PresetStore, parse_preset
+from instrument.control.presets import parse_preset
 from instrument.engine import Engine
 from instrument.errors import ParamError
 from instrument.generator.worker import GeneratorClient, WorkerSpec
 from instrument.params import Registry
 from instrument.rt import MixerConfig
 from tests.test_engine_batch import SR, gen_engine
-
-
-def store_with(tmp_path: Path, **files: str) -> PresetStore:
-    user = tmp_path / "user"
-    user.mkdir(exist_ok=True)
-    for name, text in files.items():
-        (user / f"{name}.toml").write_text(text)
-    return PresetStore(user, ())
+from tests.test_presets import store_with
 
 
 def test_a_preset_whose_weights_do_not_fit_its_prompt_is_refused_naming_file_and_slot() -> None:
