@@ -3,11 +3,14 @@ settings, plus the global mix. Store, recall (with a glide, now or at an output 
 
 User presets live in `user_data_dir("endless")/presets` (platformdirs); examples ship in the
 repository's `presets/`. A user preset shadows an example of the same name. The list is sorted by
-name and numbered from 1 (`/endless/preset/recall 2`, program change 1). Names become a safe slug
+name and numbered from 1 (`/endless/preset/recall 2`, program change 1); a name of digits finds the
+preset of that name first, and the list's number only when none has it. Names become a safe slug
 (`Rain at Dawn` -> `rain-at-dawn.toml`); `..`, `/`, `\\` and empty names are refused. Files are
 written atomically (temporary file, fsync, rename), so a crash never leaves half a preset.
 
-Transport settings (tempo, meter, quantize) are not part of a scene.
+Transport settings (tempo, meter, quantize) are not part of a scene. A slot's `weights` weigh the
+parts of its own `prompt` (one number per part); a file where they do not fit is refused when read,
+and a recall is checked whole (`Engine.check_batch`) before any of it applies.
 
 >>> slugify("Rain at Dawn!")
 'rain-at-dawn'
