@@ -203,9 +203,8 @@ class Routes:
     def _check(self, engine: Engine, msgs: tuple[_Msg, ...], plans: dict[int, Callable[[], Done | None]]
                ) -> dict[int, str]:
         """What the engine and the actions would refuse, by message index; fills `plans` for actions."""
-        sets = [i for i, m in enumerate(msgs) if m.route.ref is not None]
-        changes = [(ref, msgs[i].value) for i in sets if (ref := msgs[i].route.ref) is not None]
-        refused = {sets[k]: text for k, text in engine.check_batch(changes).items()}
+        sets = [(i, m.route.ref, m.value) for i, m in enumerate(msgs) if m.route.ref is not None]
+        refused = {sets[k][0]: text for k, text in engine.check_batch([(r, v) for _, r, v in sets]).items()}
         for i, m in enumerate(msgs):
             if m.route.kind == "action" and self.actions is not None:
                 try:
