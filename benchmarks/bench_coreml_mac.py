@@ -105,7 +105,7 @@ def main() -> int:
 
     import torch
 
-    from instrument.coreml.convert import convert_main, convert_transformer, pipeline_call
+    from instrument.coreml.convert import convert_main, convert_transformer
     from instrument.coreml.runtime import (
         MAX_REL_ERROR,
         MIN_FINITE_RATIO,
@@ -113,6 +113,7 @@ def main() -> int:
         make_coreml_transformer,
         parity_gate,
     )
+    from instrument.coreml.traced import pipeline_call
     from instrument.generator.backends import choose_model
     from instrument.generator.loading import load_pipeline
     from instrument.generator.pipeline import ClipRequest
@@ -167,7 +168,7 @@ def main() -> int:
         finally:
             pipe.model.transformer = reference
         drift = float((c.latents.double() - mps_clip.latents.double()).norm() / mps_clip.latents.double().norm())
-        audio_finite = float(torch.from_numpy(c.audio).isfinite().float().mean())
+        audio_finite = float(torch.from_numpy(c.clip.audio).isfinite().float().mean())
         rows.append({"path": "coreml", "units": u, "load_s": load_s, "finite": gate.finite_ratio,
                      "rel_err": gate.rel_error, "psnr_db": gate.psnr_db, "max_abs": gate.max_abs,
                      "step_ms": 1e3 * step_s, "clip_s": clip_s, "rtf": clip_s / CLIP_SECONDS, "drift": drift,

@@ -126,7 +126,7 @@ def bench_ours(name: str, pipe: TangoFluxPipeline, args: argparse.Namespace, dev
         rec["batch4_ms"] = batch_s * 1e3
         rec["batch4_clips_per_s"] = 4 / batch_s
     rec["latents"] = latents.float().cpu()
-    rec["audio_finite"] = finite_ratio(torch.from_numpy(clips[0].audio))
+    rec["audio_finite"] = finite_ratio(torch.from_numpy(clips[0].clip.audio))
     return rec
 
 

@@ -24,6 +24,7 @@ from instrument.errors import ClipError
 
 __all__ = [
     "MIN_CLIP_SECONDS",
+    "Audio",
     "Clip",
     "ClipInfo",
     "load_clip",
@@ -43,13 +44,19 @@ _COMMON_FORMATS = ("WAV", "FLAC", "OGG", "MP3", "AIFF", "CAF")
 
 @dataclass(frozen=True)
 class ClipInfo:
-    """Where a clip came from: a file path or "generator", and how it was made."""
+    """Where a clip came from: a file path or "generator", and how it was made.
+
+    One record for both kinds, so slots, logs and status never ask which kind a clip is; the
+    generation settings are None on clips read from files.
+    """
 
     source: str  # file path, or "generator"
     prompt: str  # "" for files
     seed: int | None  # None for files
     model: str  # model id, or "file"
-    gen_seconds: float  # wall time spent generating; 0 for files
+    gen_seconds: float  # wall time of the call that generated it (shared by a batch); 0 for files
+    steps: int | None = None  # denoising steps; None for files
+    guidance: float | None = None  # classifier-free guidance scale; None for files
 
 
 @dataclass(frozen=True, eq=False)

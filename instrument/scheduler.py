@@ -14,18 +14,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from instrument.clips import Clip, ClipInfo
+from instrument.clips import Clip
 from instrument.errors import ParamError
 from instrument.generator.protocol import ClipReady, Dropped, Failed, Request
 from instrument.generator.worker import GeneratorClient
-
-if TYPE_CHECKING:
-    from instrument.engine import Engine
+from instrument.sources import Player
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +85,12 @@ class Scheduler:
         self.base_seed = base_seed
         self.target_depth = target_depth
         self.stats = GenStats()
-        self.engine: Engine | None = None
+        self.engine: Player | None = None
         self._next_id = 1
         self.fed_timeout = 600.0  # a render's longest wait for one clip (a first model load can be slow)
         self.on_event: Callable[[str], None] = lambda text: log.warning("%s", text)
 
-    def attach(self, engine: Engine) -> None:
+    def attach(self, engine: Player) -> None:
         self.engine = engine
 
     # -- settings --------------------------------------------------------------------------------
@@ -206,11 +203,10 @@ class Scheduler:
             self.stats.stale += 1
             return
         self.stats.clips += 1
-        self.stats.last_gen_seconds = msg.gen_seconds
-        self.stats.rtf = msg.gen_seconds / max(1e-9, msg.batch * len(msg.audio) / msg.sample_rate)
-        info = ClipInfo(source="generator", prompt=msg.prompt, seed=msg.seed, model=msg.model,
-                        gen_seconds=msg.gen_seconds)
-        p.inbox.append(Clip(msg.audio, msg.sample_rate, info, cut=p.cut))
+        wall = msg.clip.info.gen_seconds
+        self.stats.last_gen_seconds = wall
+        self.stats.rtf = wall / max(1e-9, msg.batch * msg.clip.seconds)
+        p.inbox.append(replace(msg.clip, cut=p.cut))
         p.cut = False
 
     def derived_seed(self, slot: int, n: int) -> int:

@@ -3,7 +3,8 @@
 `endless render --script FILE` applies each event at its sample; `endless play --script FILE` at
 the same frames of the live output (so a recording of it equals the offline render). Blank lines
 and lines starting with `#` are skipped. Every line is validated against the parameter registry
-before anything plays, so a bad script never half-runs.
+before anything plays, so a bad script never half-runs. `controllog.py` writes the same format
+from a live performance.
 
 >>> ev = parse_line('{"t": 1.5, "address": "/endless/xfade", "args": [2]}', "s.jsonl", 1)
 >>> (ev.t, ev.address, ev.args)
@@ -14,17 +15,11 @@ from __future__ import annotations
 
 import json
 import math
-import queue
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
 
 from instrument.errors import ParamError, ScriptError
-from instrument.params import Ref, Registry, Value
-
-if TYPE_CHECKING:
-    from instrument.engine import Engine
+from instrument.params import Registry
 
 _KEYS = {"t", "address", "args"}
 
@@ -79,42 +74,3 @@ def load_script(path: Path, registry: Registry) -> list[Event]:
         events.append(ev)
     events.sort(key=lambda e: e.t)
     return events
-
-
-class ControlLog:
-    """`endless play --log-control FILE`: every accepted control change, with the output time it
-    took effect, in the script format; `endless render --script FILE` re-renders the performance.
-    Changes are noted by whoever holds engine.lock (the control loop, or an input thread such as
-    rtmidi's applying a CC at once) and written by the log's own thread, one flushed line each."""
-
-    def __init__(self, path: Path, engine: Engine) -> None:
-        try:
-            self._f: IO[str] = path.open("w", buffering=1)
-        except OSError as e:
-            raise ScriptError(f"--log-control {path}: cannot write ({e.strerror}): check the folder") from None
-        self.engine = engine
-        self._q: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
-        for (key, slot), value in sorted(engine.values.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
-            p = engine.registry[key]
-            if p.target == "generator" and engine.generator is None:
-                continue
-            self._q.put(Event(0.0, p.address(engine.registry.prefix, slot), (value,)))  # the starting state
-        self._thread = threading.Thread(target=self._write, name="endless-control-log", daemon=True)
-        self._thread.start()
-        engine.listeners.append(self._changed)
-
-    def _changed(self, ref: Ref, value: Value) -> None:
-        args: tuple[object, ...] = () if ref.param.kind == "trigger" else (value,)
-        t = self.engine.last_change_frame / self.engine.cfg.sample_rate
-        self._q.put(Event(t, ref.param.address(self.engine.registry.prefix, ref.slot), args))
-
-    def _write(self) -> None:
-        while (ev := self._q.get()) is not None:
-            self._f.write(ev.to_json() + "\n")
-
-    def close(self) -> None:
-        if self._changed in self.engine.listeners:
-            self.engine.listeners.remove(self._changed)
-        self._q.put(None)
-        self._thread.join(timeout=10)
-        self._f.close()

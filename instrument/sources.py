@@ -16,7 +16,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import soundfile as sf
@@ -24,7 +24,10 @@ import soundfile as sf
 from instrument.clips import Clip, load_clip, readable_formats
 from instrument.errors import ClipError
 
-__all__ = ["Assign", "ClipSource", "FolderSource", "audio_extensions", "find_audio_files"]
+if TYPE_CHECKING:  # types only: this module reads files and needs no built audio core
+    from instrument.rt import Mixer, MixerConfig
+
+__all__ = ["Assign", "ClipSource", "FolderSource", "Player", "audio_extensions", "find_audio_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,30 @@ class ClipSource(Protocol):
 
     def close(self) -> None:
         """Release what the source holds; no next_clip after this."""
+        ...
+
+
+class Player(Protocol):
+    """The engine, as a source that follows the playback sees it (the generator's scheduler, given
+    it by `attach`): how much each slot holds, a flush when a prompt changes, a pump while a render
+    waits. A protocol here, not the engine class, so sources never import the engine that uses them."""
+
+    @property
+    def mixer(self) -> Mixer: ...
+
+    @property
+    def cfg(self) -> MixerConfig: ...
+
+    def pending(self, slot: int) -> int:
+        """Clips queued or on their way to the slot's queue."""
+        ...
+
+    def flush(self, slot: int) -> None:
+        """Drop the slot's queued clips (a new prompt)."""
+        ...
+
+    def pump(self) -> int:
+        """Top up every slot's queue from the source."""
         ...
 
 

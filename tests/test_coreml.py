@@ -39,21 +39,14 @@ from instrument.coreml import (
     shapes,
     target_supported,
 )
-from instrument.coreml.convert import (
+from instrument.coreml.convert import convert_main, convert_transformer
+from instrument.coreml.package import (
     ALLOWED_OPS,
     DATA_FILES,
     MAX_RANK,
-    TransformerForCoreML,
-    convert_main,
-    convert_transformer,
     import_coremltools,
     inspect_package,
-    load_transformer,
     package_problems,
-    pipeline_call,
-    rope_tables,
-    timestep_projection,
-    transformer_fingerprint,
     up_to_date,
 )
 from instrument.coreml.patches import (
@@ -77,6 +70,14 @@ from instrument.coreml.runtime import (
     make_coreml_transformer,
     parity_gate,
     parity_metrics,
+)
+from instrument.coreml.traced import (
+    TransformerForCoreML,
+    load_transformer,
+    pipeline_call,
+    rope_tables,
+    timestep_projection,
+    transformer_fingerprint,
 )
 from instrument.generator.conditioning import MAX_TEXT_TOKENS
 from instrument.generator.loading import load_pipeline

@@ -49,12 +49,16 @@ def req(i: int, seed: int = 1, prompt: str = "rain on a roof", **kw: object) -> 
 def test_worker_makes_normalised_clips_and_reports_progress(client: GeneratorClient) -> None:
     client.submit(req(1))
     seen = wait_for(client, (ClipReady,))
-    clip = next(m for m in seen if isinstance(m, ClipReady))
+    msg = next(m for m in seen if isinstance(m, ClipReady))
+    clip = msg.clip
     steps = [m.step for m in seen if isinstance(m, Progress)]
     assert steps == [1, 2, 3]
-    assert clip.audio.shape == (3 * SR, 2) and clip.audio.dtype == np.float32
+    assert clip.audio.shape == (3 * SR, 2) and clip.audio.dtype == np.float32 and clip.sample_rate == SR
     assert np.isfinite(clip.audio).all()
-    assert clip.loudness <= -20.0 + 1e-6 and np.abs(clip.audio).max() <= 10 ** (-1 / 20) + 1e-6
+    assert msg.loudness <= -20.0 + 1e-6 and np.abs(clip.audio).max() <= 10 ** (-1 / 20) + 1e-6
+    info = clip.info  # how it was made rides with the clip
+    assert (info.source, info.prompt, info.seed, info.model, info.steps) == ("generator", "rain on a roof", 1, "tiny", 3)
+    assert info.guidance == 4.5 and info.gen_seconds > 0 and not clip.cut
     assert client.state == "ready" and client.ready is not None and client.ready.model == "tiny"
     # the worker runs below the instrument's priority (`endless play --generator-nice`, default 10)
     assert client.pid is not None
@@ -65,10 +69,10 @@ def test_worker_makes_normalised_clips_and_reports_progress(client: GeneratorCli
         assert {os.getpriority(os.PRIO_PROCESS, t) for t in tids} == {os.getpriority(os.PRIO_PROCESS, client.pid)}
     client.submit(req(2))  # the same seed and prompt: the same clip
     again = next(m for m in wait_for(client, (ClipReady,)) if isinstance(m, ClipReady))
-    assert np.array_equal(again.audio, clip.audio)
+    assert np.array_equal(again.clip.audio, clip.audio)
     client.submit(req(3, seed=2))
     other = next(m for m in wait_for(client, (ClipReady,)) if isinstance(m, ClipReady))
-    assert not np.allclose(other.audio, clip.audio)
+    assert not np.allclose(other.clip.audio, clip.audio)
 
 
 def test_cancel_between_steps() -> None:

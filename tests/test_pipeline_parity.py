@@ -17,12 +17,13 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
+from instrument.clips import Clip
 from instrument.generator.conditioning import MAX_TEXT_TOKENS
 from instrument.generator.errors import Cancelled, CheckpointError, ModelNotFoundError
 from instrument.generator.loading import load_pipeline, resolve_checkpoint
+from instrument.generator.model import TangoFluxModel
 from instrument.generator.pipeline import (
     ClipRequest,
-    TangoFluxModel,
     TangoFluxPipeline,
     flow_schedule,
     initial_noise,
@@ -153,17 +154,21 @@ def test_generate_and_decode_match_upstream_inference(
     expected = inference.generate(
         prompt, steps=STEPS, duration=duration, guidance_scale=GUIDANCE
     )  # (2, samples)
-    clip = pipe.generate(prompt, seed=3, steps=STEPS, guidance=GUIDANCE, duration=float(duration))
-    assert clip.audio.dtype == np.float32 and clip.audio.shape == tuple(expected.shape)
-    assert clip.audio.shape == (2, int(duration * 44100))
-    assert rel_error(torch.from_numpy(clip.audio), expected) <= TOLERANCE
+    made = pipe.generate(prompt, seed=3, steps=STEPS, guidance=GUIDANCE, duration=float(duration))
+    clip = made.clip  # the one clip type: (frames, 2), where upstream gives (channels, samples)
+    assert isinstance(clip, Clip) and clip.sample_rate == 44100
+    assert clip.audio.dtype == np.float32 and clip.audio.T.shape == tuple(expected.shape)
+    assert clip.audio.shape == (int(duration * 44100), 2)
+    assert rel_error(torch.from_numpy(clip.audio.T), expected) <= TOLERANCE
+    assert (clip.info.prompt, clip.info.seed, clip.info.steps, clip.info.guidance) == (prompt, 3, STEPS, GUIDANCE)
 
     # The VAE path alone, on identical latents.
     with torch.no_grad():
-        reference = inference.vae.decode(clip.latents[None].transpose(2, 1)).sample[0][
+        reference = inference.vae.decode(made.latents[None].transpose(2, 1)).sample[0][
             :, : int(duration * 44100)
         ]
-    assert rel_error(torch.from_numpy(pipe.decode(clip.latents[None], [duration])[0]), reference) <= TOLERANCE
+    decoded = pipe.decode(made.latents[None], [duration])[0]  # (frames, 2)
+    assert rel_error(torch.from_numpy(decoded.T), reference) <= TOLERANCE
 
 
 # --- reproducibility, progress, cancelling, validation ------------------------------------------

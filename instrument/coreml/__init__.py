@@ -2,6 +2,9 @@
 
 - `convert.py`: `convert_transformer()` traces a small wrapper around the Flux transformer at fixed
   shapes and converts it to an fp16 ML Program (works on Linux: converting and saving need no Mac).
+- `traced.py`: that wrapper (`TransformerForCoreML`), the fp32 tables and inputs it is given, the
+  transformer's weights alone, and `record_calls()` (the calls a real pipeline run makes).
+- `package.py`: the saved package: byte-identical writing, its manifest, and the check of its graph.
 - `runtime.py`: `CoreMLTransformer`, a drop-in for `pipe.model.transformer` (macOS), the parity gate
   against the PyTorch fp32 transformer, and `make_coreml_transformer()` with its fallback to MPS.
 - `patches.py`: converter patches from the repository's `patches/`, applied while converting.
@@ -32,7 +35,7 @@ from typing import Any
 
 from instrument.errors import EndlessError
 
-CONVERTER_VERSION = 1  # bump when convert.py changes what it builds: existing packages are rebuilt
+CONVERTER_VERSION = 1  # bump when convert.py or traced.py change what it builds: existing packages are rebuilt
 BATCH = 2  # classifier-free guidance: unconditional + conditional rows
 TEXT_TOKENS = 64  # = instrument.generator.conditioning.MAX_TEXT_TOKENS (a test checks it)
 TEXT_ROWS = TEXT_TOKENS + 1  # the duration token follows the text

@@ -23,26 +23,17 @@ Works on Linux: conversion and saving need no Mac (`skip_model_load=True`); runn
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import logging
 import os
 import shutil
 import time
-import uuid
 import warnings
-from collections import Counter, OrderedDict
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from diffusers.models.embeddings import Timesteps
-from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
-from safetensors import safe_open
-from torch import nn
 
 from instrument import __version__
 from instrument.coreml import (
@@ -50,206 +41,38 @@ from instrument.coreml import (
     CONVERTER_VERSION,
     DEFAULT_TARGET,
     INPUTS,
-    MANIFEST_AUTHOR,
     MANIFEST_FORMAT,
-    MANIFEST_NAME,
     OFFICIAL_REPO,
     OUTPUT,
     TARGETS,
-    TEXT_ROWS,
-    TIME_PROJ_DIM,
     CoreMLError,
     default_package_path,
     default_target,
     package_name,
-    read_manifest,
     shapes,
 )
+from instrument.coreml.package import (
+    add_manifest,
+    import_coremltools,
+    inspect_package,
+    normalize_package_manifest,
+    normalize_spec,
+    package_digest,
+    package_problems,
+    sha256_file,
+    up_to_date,
+)
 from instrument.coreml.patches import converter_patches
+from instrument.coreml.traced import (
+    TransformerForCoreML,
+    load_transformer,
+    sample_inputs,
+    transformer_fingerprint,
+)
 from instrument.errors import ConfigError
-from instrument.generator.errors import CheckpointError
 from instrument.generator.loading import read_config
-from instrument.generator.pipeline import flux_transformer
 
 log = logging.getLogger(__name__)
-
-MASK_BIAS = 1e4  # the additive bias on padded keys (fp16-safe; exp(-1e4) is 0 in fp16 and fp32)
-FP16_MAX = 65504.0  # diffusers' Flux blocks clamp to this when running in fp16
-MAX_RANK = 5  # Core ML's limit on tensor rank
-TRANSFORMER_PREFIX = "transformer."
-DATA_FILES = ("Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin")
-_UUID_NAMESPACE = uuid.UUID("6f1c5a0e-93a4-4f5e-9d0b-1d3c2a7e5b10")  # fixed: deterministic item ids
-
-# MIL ops the converter produces for this graph, all run by Core ML on the GPU and Neural Engine
-# (macOS14: attention as matmul + softmax; macOS15: the fused scaled_dot_product_attention op).
-# A new op appearing here after a diffusers or coremltools upgrade fails the conversion: check it
-# runs where it should (Xcode's performance report) before adding it.
-ALLOWED_OPS = frozenset({
-    "abs", "add", "cast", "clip", "concat", "const", "expand_dims", "gelu", "layer_norm", "linear",
-    "matmul", "mul", "real_div", "reduce_max", "reduce_mean", "reshape", "scaled_dot_product_attention",
-    "silu", "slice_by_index", "softmax", "split", "sqrt", "square", "squeeze", "stack", "sub", "transpose",
-})
-
-
-# -- what is traced -------------------------------------------------------------------------------
-def rope_tables(transformer: FluxTransformer2DModel, text_rows: int, audio_seq_len: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The RoPE (cos, sin) tables the pipeline's ids give, (text_rows + L, 128) each, fp32 on the CPU.
-
-    The pipeline's ids: every text row at position 0, latent i at (i, i, i). Computed on the CPU,
-    where diffusers uses float64 frequencies.
-    """
-    txt_ids = torch.zeros(text_rows, 3)  # (T, 3)
-    img_ids = torch.arange(audio_seq_len)[:, None].repeat(1, 3)  # (L, 3)
-    ids = torch.cat([txt_ids, img_ids.float()]).cpu()  # (T + L, 3)
-    with torch.no_grad():
-        cos, sin = transformer.pos_embed(ids)
-    return cos.float(), sin.float()
-
-
-def time_projection() -> nn.Module:
-    """Flux's timestep sinusoids (parameter-free; as `time_text_embed.time_proj`)."""
-    return Timesteps(num_channels=TIME_PROJ_DIM, flip_sin_to_cos=True, downscale_freq_shift=0)
-
-
-def timestep_projection(timestep: torch.Tensor, time_proj: nn.Module | None = None) -> torch.Tensor:
-    """The transformer's `time_proj(timestep * 1000)` in fp32: (B,) -> (B, 256), on the CPU.
-
-    `timestep` is what the pipeline passes (t / 1000); the transformer scales it back by 1000.
-    """
-    proj = time_proj if time_proj is not None else time_projection()
-    with torch.no_grad():
-        return proj(timestep.detach().float().cpu() * 1000).float()
-
-
-class TransformerForCoreML(nn.Module):
-    """Exactly what is traced: `FluxTransformer2DModel.forward` at fixed shapes, its inputs as below.
-
-    hidden_states (B, L, 64), encoder_hidden_states (B, T, D), pooled_projections (B, D),
-    timestep_proj (B, 256) fp32 sinusoids, key_mask (B, T + L) 1 keep / 0 pad -> velocity (B, L, 64).
-    """
-
-    def __init__(self, transformer: FluxTransformer2DModel, audio_seq_len: int, text_rows: int = TEXT_ROWS) -> None:
-        super().__init__()
-        self.transformer = transformer
-        cos, sin = rope_tables(transformer, text_rows, audio_seq_len)
-        self.register_buffer("rope_cos", cos, persistent=False)  # (T + L, 128) fp32
-        self.register_buffer("rope_sin", sin, persistent=False)
-
-    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                pooled_projections: torch.Tensor, timestep_proj: torch.Tensor, key_mask: torch.Tensor
-                ) -> torch.Tensor:
-        t = self.transformer
-        x = t.x_embedder(hidden_states)  # (B, L, inner)
-        embed = t.time_text_embed
-        temb = embed.timestep_embedder(timestep_proj.to(pooled_projections.dtype))  # (B, inner)
-        temb = temb + embed.text_embedder(pooled_projections)  # (B, inner)
-        ctx = t.context_embedder(encoder_hidden_states)  # (B, T, inner)
-        bias = (key_mask[:, None, None, :] - 1.0) * MASK_BIAS  # (B, 1, 1, T + L): 0 keep, -1e4 pad
-        kwargs = {"attention_mask": bias}
-        rope = (self.rope_cos, self.rope_sin)
-        for block in t.transformer_blocks:
-            ctx, x = block(hidden_states=x, encoder_hidden_states=ctx, temb=temb, image_rotary_emb=rope,
-                           joint_attention_kwargs=kwargs)
-            ctx = ctx.clamp(-FP16_MAX, FP16_MAX)  # as diffusers' FluxTransformerBlock in fp16
-        for single in t.single_transformer_blocks:
-            ctx, x = single(hidden_states=x, encoder_hidden_states=ctx, temb=temb, image_rotary_emb=rope,
-                            joint_attention_kwargs=kwargs)
-            ctx, x = ctx.clamp(-FP16_MAX, FP16_MAX), x.clamp(-FP16_MAX, FP16_MAX)  # FluxSingleTransformerBlock
-        x = t.norm_out(x, temb)  # (B, L, inner)
-        return t.proj_out(x)  # (B, L, 64)
-
-
-def sample_inputs(audio_seq_len: int, text_dim: int, seed: int = 0) -> OrderedDict[str, torch.Tensor]:
-    """Inputs with the package's explicit shapes, in its input order (values only steer the trace)."""
-    g = torch.Generator("cpu").manual_seed(seed)
-    want = shapes(audio_seq_len, text_dim)
-    key_mask = torch.ones(want["key_mask"])  # (2, T + L)
-    key_mask[0, TEXT_ROWS - 1 - 40 : TEXT_ROWS - 1] = 0.0  # a padded prompt: 24 tokens + duration kept
-    return OrderedDict(
-        hidden_states=torch.randn(want["hidden_states"], generator=g),  # (2, L, 64)
-        encoder_hidden_states=torch.randn(want["encoder_hidden_states"], generator=g),  # (2, T, D)
-        pooled_projections=torch.randn(want["pooled_projections"], generator=g),  # (2, D)
-        timestep_proj=timestep_projection(torch.full((BATCH,), 0.7)),  # (2, 256)
-        key_mask=key_mask,
-    )
-
-
-def pipeline_call(pipe: Any, requests: list[Any]) -> dict[str, Any]:
-    """The keyword arguments of one transformer call as the pipeline makes it for `requests`
-    (`ClipRequest`s), captured from a real 1-step run: what parity checks and timings feed."""
-    calls: list[dict[str, Any]] = []
-
-    class Capture(nn.Module):
-        def __init__(self, inner: nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, **kw: Any) -> Any:
-            calls.append(kw)
-            return self.inner(**kw)
-
-    inner = pipe.model.transformer
-    pipe.model.transformer = Capture(inner)
-    try:
-        pipe.denoise(requests, steps=1)
-    finally:
-        pipe.model.transformer = inner
-    return calls[0]
-
-
-# -- loading only the transformer ----------------------------------------------------------------
-def load_transformer(root: Path) -> FluxTransformer2DModel:
-    """The checkpoint's Flux transformer alone (fp32, CPU, eval): T5 and the VAE are not loaded."""
-    config = read_config(root / "config.json")
-    weights = root / "tangoflux.safetensors"
-    with torch.device("meta"):
-        model = flux_transformer(config)
-    state: dict[str, torch.Tensor] = {}
-    with safe_open(str(weights), framework="pt", device="cpu") as f:
-        for key in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
-            if key.startswith(TRANSFORMER_PREFIX):
-                state[key[len(TRANSFORMER_PREFIX):]] = f.get_tensor(key).float()
-    result = model.load_state_dict(state, strict=False, assign=True)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{weights}: transformer keys do not fit {root / 'config.json'}: missing "
-                              f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
-    return model.eval()
-
-
-def transformer_fingerprint(transformer: nn.Module) -> str:
-    """A cheap identity of a transformer's weights: names, shapes and the first and last 4096 values
-    of every tensor, as fp32. Same checkpoint -> same fingerprint, on any device."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(transformer.state_dict().items()):
-        flat = tensor.detach().reshape(-1)
-        ends = torch.cat([flat[:4096], flat[-4096:]]).float().cpu().numpy()
-        h.update(f"{name}:{tuple(tensor.shape)};".encode())
-        h.update(ends.astype("<f4").tobytes())
-    return h.hexdigest()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-# -- coremltools ----------------------------------------------------------------------------------
-def import_coremltools() -> Any:
-    """coremltools, imported quietly (off macOS it logs that its runtime is missing, which we know),
-    its logger kept at WARNING (at INFO it logs every op and pass: thousands of lines)."""
-    logger = logging.getLogger("coremltools")
-    logger.setLevel(logging.ERROR)
-    try:
-        import coremltools
-    except ImportError as e:
-        raise CoreMLError(f"coremltools cannot be imported ({e}): `pip install coremltools==9.0`") from e
-    finally:
-        logger.setLevel(logging.WARNING)
-    return coremltools
 
 
 def _versions(ct: Any) -> dict[str, str]:
@@ -257,139 +80,6 @@ def _versions(ct: Any) -> dict[str, str]:
 
     return {"coremltools": ct.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "numpy": np.__version__, "endless": __version__}
-
-
-def _normalize_spec(package: Path) -> None:
-    """Rewrite the model spec with protobuf's deterministic serialization (map fields in key order;
-    coremltools' default order varies from run to run), so identical conversions give identical bytes."""
-    from coremltools.proto import Model_pb2
-
-    path = package / DATA_FILES[0]
-    spec = Model_pb2.Model()
-    spec.ParseFromString(path.read_bytes())
-    path.write_bytes(spec.SerializeToString(deterministic=True))
-
-
-def _normalize_package_manifest(package: Path) -> None:
-    """Give the package's Manifest.json item ids derived from the item paths (coremltools draws random
-    UUIDs), so identical conversions give identical bytes."""
-    path = package / "Manifest.json"
-    data = json.loads(path.read_text())
-    items = data["itemInfoEntries"]
-    new_ids = {old: str(uuid.uuid5(_UUID_NAMESPACE, f"{v['author']}/{v['path']}")) for old, v in items.items()}
-    data["itemInfoEntries"] = {new_ids[k]: v for k, v in items.items()}
-    data["rootModelIdentifier"] = new_ids[data["rootModelIdentifier"]]
-    path.write_text(json.dumps(data, indent=4, sort_keys=True) + "\n")
-
-
-def _add_manifest(package: Path, manifest: dict[str, Any]) -> None:
-    from coremltools.libmodelpackage import ModelPackage
-
-    staging = package.with_name(package.name + ".manifest")
-    staging.mkdir(exist_ok=True)
-    try:
-        item = staging / MANIFEST_NAME
-        item.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        pkg = ModelPackage(str(package))
-        pkg.addItem(str(item), MANIFEST_NAME, MANIFEST_AUTHOR, "Endless: how this package was made, sha256")
-        del pkg  # the C++ side writes Manifest.json when it goes
-        gc.collect()
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    _normalize_package_manifest(package)
-
-
-# -- checking a package ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PackageReport:
-    """What a converted package holds, read from its spec (no Mac needed)."""
-
-    inputs: dict[str, tuple[tuple[int, ...], str]]  # name -> (shape, dtype)
-    outputs: dict[str, tuple[tuple[int, ...], str]]
-    opset: str  # e.g. "CoreML8" (macOS15)
-    ops: dict[str, int]  # MIL op type -> count, nested blocks included
-    max_rank: int  # the largest rank of any op output
-    compute_dtypes: dict[str, int]  # output dtype of every non-const op -> count
-    const_dtypes: dict[str, int]  # dtype of every float const (weights, tables) -> count
-    fp32_ops: tuple[str, ...]  # non-const ops with an fp32 output (only the output cast expected)
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-def _array_type(feature: Any) -> tuple[tuple[int, ...], str]:
-    from coremltools.proto import FeatureTypes_pb2
-
-    arr = feature.type.multiArrayType
-    return tuple(int(d) for d in arr.shape), FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(arr.dataType)
-
-
-def _walk(operations: Iterable[Any]) -> Iterable[Any]:
-    for op in operations:
-        yield op
-        for block in op.blocks:
-            yield from _walk(block.operations)
-
-
-def inspect_package(package: Path) -> PackageReport:
-    """Read a package's spec: inputs, outputs, ops, ranks and dtypes."""
-    ct = import_coremltools()
-    from coremltools.proto import MIL_pb2
-
-    spec = ct.utils.load_spec(str(package))
-    fn = spec.mlProgram.functions["main"]
-    opset = fn.opset
-    ops: Counter[str] = Counter()
-    compute: Counter[str] = Counter()
-    consts: Counter[str] = Counter()
-    fp32_ops: list[str] = []
-    max_rank = 0
-    name = MIL_pb2.DataType.Name
-    for op in _walk(fn.block_specializations[opset].operations):
-        ops[op.type] += 1
-        for out in op.outputs:
-            tensor = out.type.tensorType
-            max_rank = max(max_rank, int(tensor.rank))
-            dtype = name(tensor.dataType)
-            if op.type == "const":
-                if dtype.startswith("FLOAT"):
-                    consts[dtype] += 1
-                continue
-            compute[dtype] += 1
-            if dtype == "FLOAT32":
-                fp32_ops.append(f"{op.type}:{out.name}")
-    return PackageReport(
-        inputs={f.name: _array_type(f) for f in spec.description.input},
-        outputs={f.name: _array_type(f) for f in spec.description.output},
-        opset=opset,
-        ops=dict(sorted(ops.items())),
-        max_rank=max_rank,
-        compute_dtypes=dict(compute),
-        const_dtypes=dict(consts),
-        fp32_ops=tuple(fp32_ops),
-        metadata=dict(spec.description.metadata.userDefined),
-    )
-
-
-def package_problems(report: PackageReport, audio_seq_len: int, text_dim: int) -> list[str]:
-    """What is wrong with a converted package (empty when nothing): shapes, ops, rank, precision."""
-    want = shapes(audio_seq_len, text_dim)
-    problems = []
-    for name in INPUTS:
-        if report.inputs.get(name) != (want[name], "FLOAT32"):
-            problems.append(f"input {name}: {report.inputs.get(name)}, expected {(want[name], 'FLOAT32')}")
-    if set(report.inputs) != set(INPUTS):
-        problems.append(f"inputs {sorted(report.inputs)}, expected {sorted(INPUTS)}")
-    if report.outputs != {OUTPUT: (want[OUTPUT], "FLOAT32")}:
-        problems.append(f"outputs {report.outputs}, expected {OUTPUT} {want[OUTPUT]} FLOAT32")
-    unknown = sorted(set(report.ops) - ALLOWED_OPS)
-    if unknown:
-        problems.append(f"ops outside the allowlist: {', '.join(unknown)}")
-    if report.max_rank > MAX_RANK:
-        problems.append(f"a tensor of rank {report.max_rank}; Core ML allows at most {MAX_RANK}")
-    if set(report.const_dtypes) - {"FLOAT16"}:
-        problems.append(f"float constants of types {report.const_dtypes}; expected FLOAT16 only")
-    if report.fp32_ops != (f"cast:{OUTPUT}",):
-        problems.append(f"fp32 compute: {list(report.fp32_ops)[:5]}; expected only the cast to {OUTPUT}")
-    return problems
 
 
 # -- converting -----------------------------------------------------------------------------------
@@ -407,23 +97,6 @@ def _wanted(source: dict[str, Any], target: str, audio_seq_len: int, text_dim: i
         "target": target,
         "shapes": {k: list(v) for k, v in shapes(audio_seq_len, text_dim).items()},
     }
-
-
-def package_digest(package: Path) -> dict[str, str]:
-    """sha256 of the package's model and weight files."""
-    return {f: sha256_file(package / f) for f in DATA_FILES}
-
-
-def up_to_date(package: Path, wanted: dict[str, Any]) -> bool:
-    """Whether `package` exists, was built from the same source, converter, target and shapes, and
-    its files still have the hashes its manifest lists."""
-    manifest = read_manifest(package)
-    if manifest is None or any(manifest.get(k) != v for k, v in wanted.items()):
-        return False
-    try:
-        return bool(manifest.get("files") == package_digest(package))
-    except OSError:
-        return False
 
 
 def convert_transformer(
@@ -516,8 +189,8 @@ def convert_transformer(
         mlmodel.save(str(partial))
         del mlmodel
         gc.collect()
-        _normalize_spec(partial)
-        _normalize_package_manifest(partial)
+        normalize_spec(partial)
+        normalize_package_manifest(partial)
         report = inspect_package(partial)
         problems = package_problems(report, config.audio_seq_len, text_dim)
         if problems:
@@ -535,7 +208,7 @@ def convert_transformer(
             "patches": patches,
             "files": package_digest(partial),
         }
-        _add_manifest(partial, manifest)
+        add_manifest(partial, manifest)
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():
             out.rename(old)

@@ -51,13 +51,14 @@ from instrument.coreml import (
     target_supported,
     unavailable_reason,
 )
-from instrument.coreml.convert import (
-    DATA_FILES,
-    import_coremltools,
+from instrument.coreml.package import DATA_FILES, import_coremltools
+from instrument.coreml.traced import (
+    record_calls,
     time_projection,
     timestep_projection,
     transformer_fingerprint,
 )
+from instrument.generator.pipeline import ClipRequest
 
 log = logging.getLogger(__name__)
 
@@ -198,35 +199,13 @@ def parity_metrics(candidate: np.ndarray, reference: np.ndarray, *, min_finite_r
     return ParityResult(finite, rel, psnr, max_abs, cand.size, not reason, reason)
 
 
-class _Recorder(nn.Module):
-    """Passes calls through to the transformer and keeps their inputs and outputs (on the CPU)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.calls: list[tuple[dict[str, Any], torch.Tensor]] = []
-
-    def forward(self, **kwargs: Any) -> Any:
-        out = self.inner(**kwargs)
-        self.calls.append((kwargs, out[0].detach().float().cpu()))
-        return out
-
-
 def gate_calls(pipe: Any, steps: int = GATE_STEPS) -> list[tuple[dict[str, Any], torch.Tensor]]:
     """The transformer calls of a short real denoising run, with the reference transformer's outputs.
 
     Two clips with prompts of different lengths and durations (so the key-padding mask varies): four
     rows per call. `pipe` is a TangoFluxPipeline whose transformer is the PyTorch reference.
     """
-    from instrument.generator.pipeline import ClipRequest
-
-    recorder = _Recorder(pipe.model.transformer)
-    pipe.model.transformer = recorder
-    try:
-        pipe.denoise([ClipRequest(p, seed=s, duration=d) for p, s, d in GATE_PROMPTS], steps)
-    finally:
-        pipe.model.transformer = recorder.inner
-    return recorder.calls
+    return record_calls(pipe, [ClipRequest(p, seed=s, duration=d) for p, s, d in GATE_PROMPTS], steps)
 
 
 def parity_gate(candidate: Callable[..., Any], pipe: Any, steps: int = GATE_STEPS,

@@ -27,7 +27,8 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, T5EncoderModel
 
 from instrument.generator.errors import CheckpointError, ModelNotFoundError
-from instrument.generator.pipeline import TangoFluxConfig, TangoFluxModel, TangoFluxPipeline
+from instrument.generator.model import TangoFluxConfig, TangoFluxModel
+from instrument.generator.pipeline import TangoFluxPipeline
 from instrument.generator.tiny import ensure_tiny_checkpoint
 
 OFFICIAL_REPO = "declare-lab/TangoFlux"

@@ -1,7 +1,8 @@
 """Messages between the instrument and its generator worker process: frozen dataclasses.
 
-They cross a multiprocessing pipe (pickled; audio as a numpy array, no temp files). Requests go
-in; progress, clips, errors and status come out.
+They cross a multiprocessing pipe (pickled; a clip's audio as a numpy array, no temp files).
+`WorkerSpec` goes to the child once, at spawn; then requests go in, and progress, clips, errors
+and status come out.
 
 >>> r = Request(id=7, slot=1, prompt="rain", seed=3, steps=25, guidance=4.5, seconds=10.0)
 >>> r.priority, r.generation
@@ -13,12 +14,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
+from instrument.clips import Clip
 
 WorkerState = Literal["starting", "loading", "ready", "busy", "restarting", "failed", "stopped"]
 
 
 # -- to the worker --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything the child needs to build its pipeline (picklable)."""
+
+    model: str = "tiny"  # "tiny", a checkpoint folder, or a hub id in the cache
+    device: str = "cpu"
+    dtype: str = "float32"  # the transformer's
+    vae_dtype: str = "float32"
+    sample_rate: int = 44100  # clips are resampled to this (the device rate)
+    lufs: float = -20.0
+    true_peak_db: float = -1.0
+    max_batch: int = 4
+    allow_download: bool = False
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    nice: int = 0  # raise the worker's nice value by this much (>0: lower CPU priority than the audio and controls)
+    coreml: bool = False  # macOS: the transformer through Core ML; falls back to `device` with the reason logged
+    coreml_package: str | None = None  # None: the package `endless convert-coreml` wrote for `model`
+    compute_units: str = "ALL"  # Core ML compute units: ALL, CPU_AND_GPU, CPU_AND_NE, CPU_ONLY
+    compile: bool = True  # on cuda: torch.compile with CUDA graphs (README: bench_generate.py on an H200)
+    test_delay: float = 0.0  # extra seconds per step, for tests of starvation and hangs
+
+
 @dataclass(frozen=True)
 class Request:
     """Generate one clip for a slot. Requests with equal steps may be batched into one call."""
@@ -68,13 +91,8 @@ class ClipReady:
     id: int
     slot: int
     generation: int
-    audio: np.ndarray  # (frames, 2) float32 at `sample_rate`, loudness-normalised
-    sample_rate: int
-    prompt: str
-    seed: int
-    model: str
-    gen_seconds: float  # wall time of the call that made it (shared by a batch)
-    batch: int  # how many clips that call made
+    clip: Clip  # at the device rate, loudness-normalised; its info says how it was made
+    batch: int  # how many clips the call that made it made
     loudness: float  # LUFS after normalisation
 
 

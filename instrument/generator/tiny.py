@@ -30,7 +30,7 @@ from diffusers.models.autoencoders.autoencoder_oobleck import AutoencoderOobleck
 from safetensors.torch import save_file
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
-from instrument.generator.pipeline import TangoFluxConfig, TangoFluxModel
+from instrument.generator.model import TangoFluxConfig, TangoFluxModel
 
 TEXT_ENCODER_DIR = "text_encoder"
 

@@ -1,0 +1,58 @@
+"""`endless play --log-control FILE`: a live performance's control changes, written as a script.
+
+The file is in the format `script.py` reads, so `endless render --script FILE` re-renders the
+performance. Its own module, not script.py's: it watches the engine, which itself reads scripts.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+from typing import IO
+
+from instrument.engine import Engine
+from instrument.errors import ScriptError
+from instrument.params import Ref, Value
+from instrument.script import Event
+
+__all__ = ["ControlLog"]
+
+
+class ControlLog:
+    """`endless play --log-control FILE`: every accepted control change, with the output time it
+    took effect, in the script format; `endless render --script FILE` re-renders the performance.
+    Changes are noted by whoever holds engine.lock (the control loop, or an input thread such as
+    rtmidi's applying a CC at once) and written by the log's own thread, one flushed line each."""
+
+    def __init__(self, path: Path, engine: Engine) -> None:
+        try:
+            self._f: IO[str] = path.open("w", buffering=1)
+        except OSError as e:
+            raise ScriptError(f"--log-control {path}: cannot write ({e.strerror}): check the folder") from None
+        self.engine = engine
+        self._q: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        for (key, slot), value in sorted(engine.values.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+            p = engine.registry[key]
+            if p.target == "generator" and engine.generator is None:
+                continue
+            self._q.put(Event(0.0, p.address(engine.registry.prefix, slot), (value,)))  # the starting state
+        self._thread = threading.Thread(target=self._write, name="endless-control-log", daemon=True)
+        self._thread.start()
+        engine.listeners.append(self._changed)
+
+    def _changed(self, ref: Ref, value: Value) -> None:
+        args: tuple[object, ...] = () if ref.param.kind == "trigger" else (value,)
+        t = self.engine.last_change_frame / self.engine.cfg.sample_rate
+        self._q.put(Event(t, ref.param.address(self.engine.registry.prefix, ref.slot), args))
+
+    def _write(self) -> None:
+        while (ev := self._q.get()) is not None:
+            self._f.write(ev.to_json() + "\n")
+
+    def close(self) -> None:
+        if self._changed in self.engine.listeners:
+            self.engine.listeners.remove(self._changed)
+        self._q.put(None)
+        self._thread.join(timeout=10)
+        self._f.close()

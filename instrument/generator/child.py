@@ -1,0 +1,203 @@
+"""The generator worker's own process: it owns the model (`worker.py` supervises it).
+
+Load the pipeline, then loop: take requests (priority first), batch those with equal steps,
+generate with progress after every step, check for cancels between steps, post-process each clip
+(finite check, fades, loudness, resample) and send it back through the pipe. The model's modules
+are imported here, inside `run`, so the instrument that imports this module for the spawn target
+never imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+
+from instrument.errors import EndlessError
+from instrument.generator.errors import Cancelled
+from instrument.generator.protocol import (
+    Cancel,
+    ClipReady,
+    Dropped,
+    Failed,
+    FromWorker,
+    Heartbeat,
+    Progress,
+    Ready,
+    Request,
+    Shutdown,
+    ToWorker,
+    WorkerSpec,
+    WorkerState,
+)
+
+HEARTBEAT_SECONDS = 0.5
+
+
+class _Child:
+    def __init__(self, spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None:
+        self.spec = spec
+        self.inbox = inbox
+        self.outbox = outbox
+        self.send_lock = threading.Lock()
+        self.queue: list[Request] = []
+        self.cancelled: set[int] = set()
+        self.stop = False
+        self.state: WorkerState = "loading"
+
+    def send(self, msg: FromWorker) -> None:
+        with self.send_lock:
+            self.outbox.send(msg)
+
+    def drain(self, timeout: float = 0.0) -> None:
+        """Read everything waiting in the inbox (waiting up to `timeout` for the first message)."""
+        while self.inbox.poll(timeout):
+            timeout = 0.0
+            msg: ToWorker = self.inbox.recv()
+            if isinstance(msg, Request):
+                self.queue.append(msg)
+            elif isinstance(msg, Cancel):
+                self.cancelled.update(msg.ids)
+                kept = [r for r in self.queue if r.id not in self.cancelled]
+                for r in self.queue:
+                    if r.id in self.cancelled:
+                        self.send(Dropped(r.id, r.slot, "cancelled"))
+                self.queue = kept
+            elif isinstance(msg, Shutdown):
+                self.stop = True
+
+    def batch_sizes(self) -> tuple[int, ...]:
+        """Batch sizes the worker runs: 1 and max_batch (others are padded up: one compiled graph each)."""
+        return (1,) if self.spec.max_batch <= 1 else (1, self.spec.max_batch)
+
+    def next_batch(self) -> list[Request]:
+        self.queue.sort(key=lambda r: not r.priority)  # stable: priority first, then FIFO
+        first = self.queue[0]
+        batch = [r for r in self.queue if r.steps == first.steps][: self.spec.max_batch]
+        ids = {r.id for r in batch}
+        self.queue = [r for r in self.queue if r.id not in ids]
+        return batch
+
+    def run(self) -> None:
+        import torch
+
+        from instrument.generator.loading import load_pipeline
+        from instrument.generator.pipeline import ClipRequest
+        from instrument.generator.post import NonFiniteAudio, postprocess
+
+        if self.spec.threads:
+            torch.set_num_threads(self.spec.threads)
+        beat = threading.Event()
+
+        def heartbeat() -> None:  # only while loading: the main loop is busy in load_pipeline
+            while not beat.wait(HEARTBEAT_SECONDS):
+                self.send(Heartbeat("loading", time.time()))
+
+        t0 = time.perf_counter()
+        hb = threading.Thread(target=heartbeat, daemon=True)
+        hb.start()
+        try:
+            pipe = load_pipeline(self.spec.model, device=self.spec.device, dtype=getattr(torch, self.spec.dtype),
+                                 vae_dtype=getattr(torch, self.spec.vae_dtype),
+                                 allow_download=self.spec.allow_download)
+        except Exception as e:
+            beat.set()
+            fatal = isinstance(e, EndlessError)
+            self.send(Failed(str(e) if fatal else f"loading the model failed: {e!r}", fatal=True))
+            return
+        device = str(pipe.device)
+        if self.spec.coreml:
+            from pathlib import Path
+
+            from instrument.coreml.runtime import make_coreml_transformer
+
+            package = Path(self.spec.coreml_package) if self.spec.coreml_package else None
+            coreml = make_coreml_transformer(package, self.spec.compute_units, pipe)  # runs the parity gate once
+            if coreml is not None:
+                pipe.model.transformer = coreml
+                device = f"coreml {self.spec.compute_units} + {pipe.device}"
+        sizes = self.batch_sizes()
+        if self.spec.compile and pipe.device.type == "cuda":
+            pipe.compile("reduce-overhead")
+            for n in sizes:  # compile and capture each batch size now, not in the middle of a set
+                pipe([ClipRequest("warm up", seed=0, duration=1.0)] * n, steps=2)
+        beat.set()
+        hb.join()
+        self.send(Ready(pipe.name, device, str(pipe.dtype).replace("torch.", ""), self.spec.sample_rate,
+                        time.perf_counter() - t0))
+        while not self.stop:
+            self.drain(HEARTBEAT_SECONDS if not self.queue else 0.0)
+            if self.stop:
+                break
+            if not self.queue:
+                self.send(Heartbeat("ready", time.time()))
+                continue
+            batch = self.next_batch()
+            ids = tuple(r.id for r in batch)
+
+            def progress(step: int, total: int, ids: tuple[int, ...] = ids) -> None:
+                self.send(Progress(ids, step, total))
+                if self.spec.test_delay:
+                    time.sleep(self.spec.test_delay)
+
+            def should_cancel(batch: list[Request] = batch) -> bool:
+                self.drain()
+                return self.stop or all(r.id in self.cancelled for r in batch)
+
+            reqs = [ClipRequest(r.prompt, seed=r.seed, duration=r.seconds, guidance=r.guidance) for r in batch]
+            if pipe.device.type == "cuda" and len(reqs) not in self.batch_sizes():
+                reqs += [reqs[0]] * (self.spec.max_batch - len(reqs))  # pad to a compiled size; extras dropped
+            try:
+                made = pipe(reqs, steps=batch[0].steps, callback=progress, should_cancel=should_cancel)[:len(batch)]
+            except Cancelled:
+                for r in batch:
+                    self.send(Dropped(r.id, r.slot, "cancelled"))
+                continue
+            except Exception as e:  # a bad prompt or a numerical failure: report, keep serving
+                self.send(Failed(f"generation failed: {e!r}", ids))
+                continue
+            for r, g in zip(batch, made, strict=True):
+                if r.id in self.cancelled:
+                    self.send(Dropped(r.id, r.slot, "cancelled"))
+                    continue
+                try:
+                    clip, lufs = postprocess(g.clip, self.spec.sample_rate, self.spec.lufs, self.spec.true_peak_db)
+                except NonFiniteAudio as e:
+                    self.send(Dropped(r.id, r.slot, f"non-finite audio: {e}"))
+                    continue
+                self.send(ClipReady(r.id, r.slot, r.generation, clip, len(batch), lufs))
+
+
+def _lower_priority(nice: int) -> None:
+    """Nice the worker by `nice`, and on Linux put it in the idle scheduling class: a niced task
+    still gets a share of a busy CPU and may run on while jackd and our audio thread wait; an
+    idle-class one is preempted the moment they wake (benchmarks/bench_live.py). Linux keeps both
+    per thread: every thread that exists now (the spawn start-up leaves one) is set, and torch's,
+    started later, inherit them."""
+    with contextlib.suppress(OSError):
+        os.nice(nice)
+    tids = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else []
+    me = threading.get_native_id()
+    for tid in tids:
+        with contextlib.suppress(OSError):
+            if tid != me:
+                os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, me))
+            if hasattr(os, "SCHED_IDLE"):
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+
+
+def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None:
+    """Entry point of the spawned process."""
+    child = _Child(spec, inbox, outbox)
+    if spec.nice > 0 and hasattr(os, "nice"):  # the model may wait; the audio callback and a fader must not
+        _lower_priority(spec.nice)
+    try:
+        child.run()
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        pass  # the instrument went away
+    except Exception:
+        with contextlib.suppress(OSError):  # the pipe may be gone too
+            child.send(Failed("worker crashed: " + traceback.format_exc().strip().splitlines()[-1]))
