@@ -3,9 +3,11 @@ prompt change (a preset recall) crossfades to new material at once instead of af
 
 `ArmingScheduler` is the scheduler plus `arm(slot, prompt, ...)`: an armed request goes to the
 worker beside the slot's own (it never takes the slot's in-flight place), its clip is kept aside,
-and the next `set_prompt(slot, prompt)` whose prompt and settings match hands it to the slot as the
-new prompt's first clip ("cut"), while the usual request for the clip after it goes out as
-always. At most `max_armed` prompts per slot are kept (oldest dropped first).
+and the next `set_prompt(slot, prompt)` (or `set_weights`) whose resulting prompt and settings
+match hands it to the slot as the new prompt's first clip ("cut"), while the usual request for the
+clip after it goes out as always. A blend armed with weights is kept under the blend those weights
+make, which is what a recall that sets the prompt and then its weights ends up playing. At most
+`max_armed` prompts per slot are kept (oldest dropped first).
 """
 
 from __future__ import annotations
@@ -18,11 +20,20 @@ from instrument.clips import Clip
 from instrument.errors import ParamError
 from instrument.generator.protocol import ClipReady, Request
 from instrument.generator.worker import GeneratorClient
-from instrument.scheduler import Scheduler
+from instrument.scheduler import Scheduler, blend_parts, check_weights, weighted_prompt
 
 log = logging.getLogger(__name__)
 
 ARM_SEED_OFFSET = 1 << 20  # armed clips draw seeds apart from the slot's own sequence
+
+
+def played_prompt(slot: int, prompt: str, weights: tuple[float, ...] = ()) -> str:
+    """What a slot plays once `prompt` and then `weights` are set (no weights: the prompt's own)."""
+    if not weights:
+        return prompt
+    parts = blend_parts(prompt)
+    check_weights(slot, weights, parts)
+    return weighted_prompt(parts, weights)
 
 
 @dataclass(frozen=True)
@@ -47,14 +58,15 @@ class ArmingScheduler(Scheduler):
         self.arms_used = 0
 
     def arm(self, slot: int, prompt: str, steps: int | None = None, guidance: float | None = None,
-            seconds: float | None = None, seed: int | None = None) -> bool:
-        """Pre-generate one clip of `prompt` for `slot` (settings default to the slot's own).
-        Returns False when that clip is already armed or on its way."""
+            seconds: float | None = None, seed: int | None = None, weights: tuple[float, ...] = ()) -> bool:
+        """Pre-generate one clip of `prompt` (at `weights`, one per blend part) for `slot` (settings
+        default to the slot's own). Returns False when that clip is already armed or on its way."""
         if not 0 <= slot < len(self.plans):
             raise ParamError(f"arm: slot {slot + 1} out of range 1..{len(self.plans)}")
         if not prompt.strip():
             return False
         self.check(slot, "slot/prompt", prompt)
+        prompt = played_prompt(slot, prompt, weights)
         p = self.plans[slot]
         key = ArmKey(prompt, p.steps if steps is None else int(steps), p.guidance if guidance is None else float(guidance),
                      p.seconds if seconds is None else float(seconds), max(-1, p.seed if seed is None else int(seed)))
@@ -91,6 +103,15 @@ class ArmingScheduler(Scheduler):
     def set_prompt(self, slot: int, text: str) -> None:
         before = self.plans[slot].prompt
         super().set_prompt(slot, text)
+        self._use_armed(slot, before)
+
+    def set_weights(self, slot: int, weights: tuple[float, ...]) -> None:
+        before = self.plans[slot].prompt
+        super().set_weights(slot, weights)
+        self._use_armed(slot, before)
+
+    def _use_armed(self, slot: int, before: str) -> None:
+        """The slot now plays another prompt than `before`: a clip armed for it becomes its first clip."""
         p = self.plans[slot]
         if p.prompt == before or not p.prompt:
             return
