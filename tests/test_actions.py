@@ -109,15 +109,14 @@ def test_next_with_no_presets_says_how_to_store_one(tmp_path: Path) -> None:
         a.run("preset/next", ())
 
 
-# -- what plan() lets through that run() then refuses: a bundle with it would half-apply -------------
-@pytest.mark.xfail(strict=True, reason="Actions.plan checks only that a store name is text; slugify refuses it at run")
+# -- plan() refuses what run() would refuse: a bundle with it must not half-apply --------------------
+
 def test_plan_refuses_a_store_name_that_store_refuses(tmp_path: Path) -> None:
     a = Actions(engine(), PresetStore(tmp_path / "user", ()))
     with pytest.raises(ParamError, match="not allowed"):
         a.plan("preset/store", ("../evil",))
 
 
-@pytest.mark.xfail(strict=True, reason="Actions.plan finds the preset file but does not read it")
 def test_plan_refuses_a_preset_file_that_does_not_parse(tmp_path: Path) -> None:
     (tmp_path / "broken.toml").write_text("version = 1\n[[slot]]\ngain = 'loud'\n")
     a = Actions(engine(), PresetStore(tmp_path, ()))
@@ -125,7 +124,6 @@ def test_plan_refuses_a_preset_file_that_does_not_parse(tmp_path: Path) -> None:
         a.plan("preset/recall", ("broken",))
 
 
-@pytest.mark.xfail(strict=True, reason="Actions.plan does not check that arming has a generator")
 def test_plan_refuses_arming_without_a_generator(tmp_path: Path) -> None:
     a = Actions(engine(), examples(tmp_path))
     with pytest.raises(ParamError, match="arming needs the generator"):

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from instrument.control.presets import PresetStore, slugify
 from instrument.errors import ParamError
 from instrument.params import check_glide
 
 if TYPE_CHECKING:
-    from instrument.control.presets import PresetStore
     from instrument.engine import Engine
 
 
@@ -97,11 +97,14 @@ class Actions:
         where = f"{self.engine.registry.prefix}/{path}"
         if path == "preset/store":
             name = _text(_one(args, where, 1), where)
+            slugify(name)  # raises for a name that cannot be a file
             return lambda: self._store(path, name)
         if path in ("preset/recall", "preset/arm"):
             preset = _preset(_one(args, where, 2 if path == "preset/recall" else 1), where)
-            self.presets.find(preset)  # raises for a preset that is not there
+            self.presets.load(preset, self.engine.registry)  # raises for a preset not there, or not readable
             if path == "preset/arm":
+                if not hasattr(self.engine.generator, "arm"):
+                    raise ParamError(f"{where}: arming needs the generator (this instrument plays clips from a folder)")
                 return lambda: self._arm(path, preset)
             glide = _glide(args, 1, where)
             return lambda: self._recall(path, preset, glide)
