@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from instrument.control.actions import Actions
+from instrument.control.actions import Actions, Done
 from instrument.control.bus import ControlBus, Job
 from instrument.control.mapfile import Binding, load_mapping, parse_mapping
 from instrument.control.midi import MidiConfig, MidiControl
@@ -303,9 +303,12 @@ def test_learn_over_osc_binds_an_action_with_its_preset(tmp_path: Path, args: tu
     midi, bus, e, actions = rig(surface(""), MidiConfig(learn_path=path))
     actions.run("learn", args)  # /endless/learn preset/recall NAME
     assert midi.learning == args[0]
+    told: list[Done] = []
+    actions.listeners.append(told.append)  # as OSC's feedback listens
     midi.inject((0x9F, 48, 1), t=time.monotonic() - 1.0)
     drain(bus)
     assert load_mapping(path, REG).controls == [Binding("note", 48, str(args[0]), 15, preset=preset)]
+    assert told == [Done("learn", Binding("note", 48, str(args[0]), 15, preset=preset).describe())]
     with pytest.raises(ParamError, match="name the preset"):
         actions.run("learn", ("preset/recall",))
     with pytest.raises(ParamError, match="its number in the list"):

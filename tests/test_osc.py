@@ -30,7 +30,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
 import instrument.generator.conditioning  # noqa: F401  (torch: imported here, not inside a timed drain)
-from instrument.control.actions import ACTIONS, Actions
+from instrument.control.actions import ACTIONS, Actions, Done
 from instrument.control.bus import ControlBus
 from instrument.control.osc import SERVER_ADDRESSES, STATUS_ADDRESSES, OscConfig, OscServer, Peer
 from instrument.control.presets import PresetStore
@@ -524,6 +524,22 @@ def test_record_goes_to_every_subscriber(serve: Any) -> None:
         assert ("/endless/record", [1, "/recordings/take-001.wav"]) in other.marker()
     finally:
         other.close()
+
+
+def test_actions_from_another_input_reach_osc_subscribers(serve: Any) -> None:
+    """A take started from a MIDI button, or a control MIDI learn bound, is told to OSC subscribers."""
+    e = mix_engine()
+    acts = actions(e, recording=Recording())
+    server, client = serve(e, acts)
+    client.exchange(("/endless/subscribe",))
+    with e.lock:  # as the bus runs a MIDI action job
+        acts.run("record", (1,))
+    got = client.marker()
+    assert ("/endless/record", [1, "/recordings/take-001.wav"]) in got
+    assert server.recording == "/recordings/take-001.wav"
+    with e.lock:
+        acts.announce(Done("learn", "CC 7 ch 1 -> /endless/slot/1/gain"))
+    assert ("/endless/done", ["/endless/learn", "CC 7 ch 1 -> /endless/slot/1/gain"]) in client.marker()
 
 
 def test_without_a_record_switch_or_actions(serve: Any) -> None:

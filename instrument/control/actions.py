@@ -86,6 +86,13 @@ class Actions:
         self.learn_hook = learn
         self.recording = recording
         self.current: str | None = None  # the slug recalled or stored last (for next/previous)
+        # told every action's answer, whoever triggered it (OSC tells its subscribers a recording
+        # started from MIDI, or a control MIDI learn bound); called holding the engine lock
+        self.listeners: list[Callable[[Done], None]] = []
+
+    def announce(self, done: Done) -> None:
+        for fn in self.listeners:
+            fn(done)
 
     def run(self, path: str, args: tuple[object, ...]) -> Done | None:
         """Run action `path` with OSC-style `args` (ParamError, naming the action, for bad ones)."""
@@ -93,7 +100,19 @@ class Actions:
 
     def plan(self, path: str, args: tuple[object, ...]) -> Callable[[], Done | None]:
         """Check `path` and `args` (the arguments, that the preset exists, that recording can start or
-        stop) and return what runs it, changing nothing yet: a bundle checks all its messages first."""
+        stop) and return what runs it, changing nothing yet: a bundle checks all its messages first.
+        Running it announces its answer to `listeners`."""
+        act = self._plan(path, args)
+
+        def run() -> Done | None:
+            done = act()
+            if done is not None:
+                self.announce(done)
+            return done
+
+        return run
+
+    def _plan(self, path: str, args: tuple[object, ...]) -> Callable[[], Done | None]:
         where = f"{self.engine.registry.prefix}/{path}"
         if path == "preset/store":
             name = _text(_one(args, where, 1), where)

@@ -80,12 +80,14 @@ class Learner:
 class MidiLearn:
     """The learn in progress (if any) for `surface`; learned controls are saved into the mapping's
     file, or `path` (default: `default_learn_path()`) when it has none. `on_event` hears what to
-    tell the performer."""
+    tell the performer, `on_learned` each control bound (OSC answers `/done learn <binding>`)."""
 
-    def __init__(self, surface: Surface, path: Path | None, on_event: Callable[[str], None]) -> None:
+    def __init__(self, surface: Surface, path: Path | None, on_event: Callable[[str], None],
+                 on_learned: Callable[[Binding], None] | None = None) -> None:
         self.surface = surface
         self.path = path
         self.on_event = on_event
+        self.on_learned = on_learned
         self._learner: Learner | None = None
 
     @property
@@ -134,6 +136,8 @@ class MidiLearn:
             raise ParamError(f"MIDI learn {b.describe()}: {e}") from None
         path = save_learned(m, b, replaced, self.path or default_learn_path())
         self.on_event(f"MIDI learn: {b.describe()} saved to {path}")
+        if self.on_learned is not None:
+            self.on_learned(b)
 
 
 def save_learned(m: Mapping, b: Binding, replaced: bool, fallback: Path) -> Path:

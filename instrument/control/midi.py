@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from instrument.control.actions import Done
 from instrument.control.bus import ControlBus, Job
 from instrument.control.learn import MidiLearn, default_learn_path
 from instrument.control.midi_ports import MidiConfig, MidiStats, Ports, Receiver
@@ -82,7 +83,8 @@ class MidiControl:
         self.stats = MidiStats()
         # (arrival, applied) in time.monotonic_ns() of the latest changes (diagnostics, benchmarks)
         self.timing: deque[tuple[int, int]] = deque(maxlen=4096)
-        self.learner = MidiLearn(surface, cfg.learn_path, self.on_event)
+        self.learner = MidiLearn(surface, cfg.learn_path, self.on_event,
+                                 lambda b: actions.announce(Done("learn", b.describe())))
         self.ports = Ports(cfg, self._receiver, self._show_all, self.on_event, self.stats, backend)
         self.sender = FeedbackSender(self.ports.send)
         self._frame_at = frame_at or self._frame_now

@@ -29,6 +29,7 @@ from instrument.errors import ParamError
 from instrument.params import Param, Ref, Value
 
 if TYPE_CHECKING:
+    from instrument.control.actions import Done
     from instrument.engine import Engine
 
 STATUS_REFRESH = 1.0  # seconds between full status frames (in between, only what changed)
@@ -129,6 +130,16 @@ class Feedback:
     def to_all(self, *msgs: Msg) -> None:
         """To every subscriber (those there when it is sent)."""
         self._outbox.put(_Out(None, msgs))
+
+    def announce(self, done: Done) -> None:
+        """An action's answer, from any input (an `Actions` listener): a recording started or stopped
+        goes to every subscriber as `/record <on> <path>`, a control MIDI learn bound as `/done learn
+        <binding>`."""
+        if done.recording is not None:
+            self.recording = done.text if done.recording else None
+            self.to_all((f"{self.prefix}/record", (int(done.recording), done.text)))
+        elif done.path == "learn":
+            self.to_all((f"{self.prefix}/done", (f"{self.prefix}/learn", done.text)))
 
     def error(self, peer: Peer, address: str, message: str) -> None:
         """`/error <address> <message>` to the sender (the message without a leading "<address>: ")."""

@@ -34,7 +34,7 @@ from pythonosc.osc_packet import OscPacket
 from instrument.control.actions import ACTIONS, Actions, Done
 from instrument.control.bus import ControlBus, Job
 from instrument.control.osc.config import OscStats, RateLog
-from instrument.control.osc.feedback import Address, Feedback, Msg
+from instrument.control.osc.feedback import Address, Feedback
 from instrument.control.osc.transport import Peer
 from instrument.errors import EndlessError, ParamError
 from instrument.params import Ref, Value
@@ -244,17 +244,12 @@ class Routes:
                 self._done(peer, m.address, done)
 
     def _done(self, peer: Peer, address: str, done: Done) -> None:
-        """An action's answer: `/done <address> <text>` to the sender; a recording's `/record <on>
-        <path>` also to every subscriber."""
+        """An action's answer to its sender: `/done <address> <text>`, or a recording's `/record <on>
+        <path>` (subscribers have it already: `Feedback.announce`)."""
         if done.recording is None:
             self.feedback.reply(peer, (f"{self.prefix}/done", (address, done.text)))
-            return
-        self.feedback.recording = done.text if done.recording else None
-        msg: Msg = (f"{self.prefix}/record", (int(done.recording), done.text))
-        dests = {d.key: d for d in self.feedback.subscribers()}
-        dests[peer.key] = peer
-        for d in dests.values():
-            self.feedback.reply(d, msg)
+        elif peer.key not in {d.key for d in self.feedback.subscribers()}:
+            self.feedback.reply(peer, (f"{self.prefix}/record", (int(done.recording), done.text)))
 
     def _refuse(self, peer: Peer, errors: list[tuple[str, str]]) -> None:
         for address, text in errors:

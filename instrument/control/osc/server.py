@@ -47,6 +47,8 @@ class OscServer:
         self.transport = Transport(config, self.stats, note)
         self.feedback = Feedback(self.engine, config, self.stats, self.transport.send, note)
         self.routes = Routes(bus, self.feedback, self.stats, actions, note)
+        if actions is not None:
+            actions.listeners.append(self.feedback.announce)
         self._started = False
         self._stopped = False
 
