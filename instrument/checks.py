@@ -5,28 +5,31 @@ bundle, a preset recall), so that a bad batch is refused whole and nothing half-
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from instrument.errors import ParamError
 from instrument.params import Ref, Value
 
-if TYPE_CHECKING:
-    from instrument.engine import Engine
+
+class Generator(Protocol):
+    """What checking needs of the engine's generator (`instrument.scheduler.Scheduler`)."""
+
+    def check(self, slot: int, key: str, value: Value) -> None: ...
 
 
-def check_change(engine: Engine, ref: Ref, value: Value) -> None:
-    """Raise ParamError for what `engine.set(ref, value)` would refuse, changing nothing."""
+def check_change(generator: Generator | None, prefix: str, ref: Ref, value: Value) -> None:
+    """Raise ParamError for what `Engine.set(ref, value)` would refuse, changing nothing."""
     if ref.param.target != "generator":
         return
-    if engine.generator is None:
-        raise ParamError(f"{ref.address(engine.registry.prefix)}: there is no generator: this instrument plays "
+    if generator is None:
+        raise ParamError(f"{ref.address(prefix)}: there is no generator: this instrument plays "
                          "a clip folder (start it with --model instead of --clips)")
     assert ref.slot is not None
-    engine.generator.check(ref.slot, ref.param.key, value)
+    generator.check(ref.slot, ref.param.key, value)
 
 
-def check_batch(engine: Engine, changes: Sequence[tuple[Ref, Value]]) -> dict[int, str]:
-    """What `engine.set` would refuse among `changes` applied in this order (index -> message). Weights
+def check_batch(generator: Generator | None, prefix: str, changes: Sequence[tuple[Ref, Value]]) -> dict[int, str]:
+    """What `Engine.set` would refuse among `changes` applied in this order (index -> message). Weights
     must fit the prompt the batch has set for their slot by then, not the one playing now."""
     from instrument.scheduler import blend_parts, check_weights
 
@@ -37,7 +40,7 @@ def check_batch(engine: Engine, changes: Sequence[tuple[Ref, Value]]) -> dict[in
             if ref.param.key == "slot/weights" and ref.slot in prompts and isinstance(value, tuple):
                 check_weights(ref.slot, value, blend_parts(prompts[ref.slot]))
             else:
-                engine.check(ref, value)
+                check_change(generator, prefix, ref, value)
             if ref.param.key == "slot/prompt" and ref.slot is not None:
                 prompts[ref.slot] = str(value)
         except ParamError as e:

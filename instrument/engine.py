@@ -175,12 +175,12 @@ class Engine:
     def check(self, ref: Ref, value: Value) -> None:
         """Raise ParamError for what `set` would refuse after the registry accepted the value (no
         generator, a bad blend, weights that do not fit), changing nothing."""
-        checks.check_change(self, ref, value)
+        checks.check_change(self.generator, self.registry.prefix, ref, value)
 
     def check_batch(self, changes: Sequence[tuple[Ref, Value]]) -> dict[int, str]:
         """What `set` would refuse among `changes` applied in this order (index -> message), changing
         nothing, so a bundle or a recall can be refused whole (weights fit the batch's own prompt)."""
-        return checks.check_batch(self, changes)
+        return checks.check_batch(self.generator, self.registry.prefix, changes)
 
     def _generator_set(self, ref: Ref, value: Value) -> None:
         gen, p = self.generator, ref.param

@@ -11,8 +11,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = "instrument"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
@@ -106,9 +104,9 @@ def components(graph: dict[str, set[str]]) -> list[frozenset[str]]:
     return found
 
 
-def cycles(graph: dict[str, set[str]], skip: frozenset[frozenset[str]] = frozenset()) -> list[list[str]]:
-    """One cycle (a -> ... -> a) through each component of `graph` but those in `skip`."""
-    return [_cycle_in(graph, comp) for comp in components(graph) if comp not in skip]
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (a -> ... -> a) through each component of `graph`."""
+    return [_cycle_in(graph, comp) for comp in components(graph)]
 
 
 def _cycle_in(graph: dict[str, set[str]], comp: frozenset[str]) -> list[str]:
@@ -149,25 +147,10 @@ def test_graph_sees_every_kind_of_import(tmp_path: Path) -> None:
     assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]]
 
 
-# Cycles through modules this change may not edit, reported to their owners: each is the set of
-# modules in one strongly connected component. `test_no_new_import_cycles` holds the line meanwhile; drop an entry once
-# its cycle is gone (test_no_import_cycles then passes).
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
-    frozenset({"instrument.checks", "instrument.engine"}),
-    frozenset({"instrument.control.actions", "instrument.control.presets", "instrument.control.midi"}),
-})
-
-
 def _report(found: list[list[str]]) -> str:
     return "import cycles (move the shared names to a leaf module): " + "; ".join(" -> ".join(c) for c in found)
 
 
-def test_no_new_import_cycles() -> None:
-    new = cycles(import_graph(), skip=KNOWN_CYCLES)
-    assert not new, _report(new)
-
-
-@pytest.mark.xfail(bool(KNOWN_CYCLES), reason="KNOWN_CYCLES run through modules owned elsewhere", strict=False)
 def test_no_import_cycles() -> None:
     found = cycles(import_graph())
     assert not found, _report(found)
