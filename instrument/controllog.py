@@ -13,7 +13,7 @@ from typing import IO
 
 from instrument.engine import Engine
 from instrument.errors import ScriptError
-from instrument.params import Ref, Value
+from instrument.params import Param, Ref, Value
 from instrument.script import Event
 
 __all__ = ["ControlLog"]
@@ -36,13 +36,17 @@ class ControlLog:
             p = engine.registry[key]
             if p.target == "generator" and engine.generator is None:
                 continue
-            self._q.put(Event(0.0, p.address(engine.registry.prefix, slot), (value,)))  # the starting state
+            args = _args(p, value)
+            if args is not None:
+                self._q.put(Event(0.0, p.address(engine.registry.prefix, slot), args))  # the starting state
         self._thread = threading.Thread(target=self._write, name="endless-control-log", daemon=True)
         self._thread.start()
         engine.listeners.append(self._changed)
 
     def _changed(self, ref: Ref, value: Value) -> None:
-        args: tuple[object, ...] = () if ref.param.kind == "trigger" else (value,)
+        args = _args(ref.param, value)
+        if args is None:
+            return
         t = self.engine.last_change_frame / self.engine.cfg.sample_rate
         self._q.put(Event(t, ref.param.address(self.engine.registry.prefix, ref.slot), args))
 
@@ -56,3 +60,13 @@ class ControlLog:
         self._q.put(None)
         self._thread.join(timeout=10)
         self._f.close()
+
+
+def _args(p: Param, value: Value) -> tuple[object, ...] | None:
+    """A value as the script line's arguments, as the address takes them back (weights one number
+    each); None for no weights, which is what a prompt change leaves (its own line says so)."""
+    if p.kind == "trigger":
+        return ()
+    if p.kind == "weights":
+        return tuple(value) if isinstance(value, tuple) and value else None
+    return (value,)

@@ -58,3 +58,21 @@ def test_events_land_on_their_exact_frame(tmp_path: Path) -> None:
     after_fade_in = int(0.1 * sr)
     first_change = after_fade_in + int(np.flatnonzero(np.abs(out[after_fade_in:, 0] - 0.25) > 1e-7)[0])
     assert first_change == int(t * sr) + e.mixer.limiter.latency
+
+
+def test_a_control_log_with_weights_loads_back(tmp_path: Path) -> None:
+    """Weights are logged one number an argument, as the address takes them, and cleared weights
+    (a prompt change) are not logged at all: the log of a set with blends replays."""
+    from instrument.controllog import ControlLog
+    from tests.test_engine_batch import gen_engine
+
+    e = gen_engine()
+    path = tmp_path / "log.jsonl"
+    log = ControlLog(path, e)
+    e.handle("/endless/slot/1/prompt", ["rain | thunder"])
+    e.handle("/endless/slot/1/weights", [1, 3])
+    e.handle("/endless/slot/1/prompt", ["wind"])  # clears the weights
+    log.close()
+    events = load_script(path, e.registry)
+    weights = [ev.args for ev in events if ev.address == "/endless/slot/1/weights"]
+    assert weights == [(1.0, 3.0)]
