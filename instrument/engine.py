@@ -17,7 +17,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,12 +25,10 @@ from instrument.clips import Clip
 from instrument.errors import ParamError
 from instrument.params import PARAMS, Param, Ref, Registry, Value, as_float, db_to_amp
 from instrument.rt import OP_FLUSH, OP_NEXT, OP_PUSH, Command, Mixer, MixerConfig
+from instrument.scheduler import Scheduler
 from instrument.script import Event
 from instrument.sources import ClipSource
 from instrument.transport import Transport
-
-if TYPE_CHECKING:
-    from instrument.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +96,9 @@ class Engine:
         self.cfg = cfg
         self.mixer = Mixer(cfg)
         self.source = source
-        self.generator: Scheduler | None = None
-        if source is not None and hasattr(source, "attach"):
-            self.generator = source  # type: ignore[assignment]
-            source.attach(self)
+        self.generator = source if isinstance(source, Scheduler) else None  # prompts, settings, arming
+        if self.generator is not None:
+            self.generator.attach(self)
         self.target_depth = min(target_depth, cfg.queue_capacity)
         self.values: dict[tuple[str, int | None], Value] = self.registry.defaults()
         self.values[("xfade", None)] = xfade

@@ -18,7 +18,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -243,7 +243,7 @@ class Registry:
         except KeyError:
             raise ParamError(f"unknown parameter {key!r}: known are {', '.join(self._by_key)}") from None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Param]:
         return iter(self.params)
 
     def resolve(self, address: str) -> Ref:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from instrument.control.arming import ArmingScheduler
 from instrument.control.presets import PresetStore, slugify
 from instrument.errors import ParamError
 from instrument.params import check_glide
@@ -122,7 +123,7 @@ class Actions:
             preset = _preset(_one(args, where, 2 if path == "preset/recall" else 1), where)
             self.presets.load(preset, self.engine.registry)  # raises for a preset not there, or not readable
             if path == "preset/arm":
-                if not hasattr(self.engine.generator, "arm"):
+                if not isinstance(self.engine.generator, ArmingScheduler):
                     raise ParamError(f"{where}: arming needs the generator (this instrument plays clips from a folder)")
                 return lambda: self._arm(path, preset)
             glide = _glide(args, 1, where)

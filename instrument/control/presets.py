@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from instrument.control.arming import ArmingScheduler, played_prompt
 from instrument.control.tomlfile import read_versioned, toml_value, write_atomic
 from instrument.errors import ParamError
-from instrument.params import Param, Ref, Registry, Value, check_glide
+from instrument.params import Param, Ref, Registry, Value, as_float, check_glide
 
 if TYPE_CHECKING:
     from instrument.engine import Engine
@@ -313,12 +314,10 @@ class PresetStore:
         """Pre-generate a clip for every slot whose prompt (or its weights) the preset changes, of the blend
         the recall will play; returns how many."""
         preset = self.load(name_or_index, engine.registry)
-        arm = getattr(engine.generator, "arm", None)
-        if arm is None:
+        gen = engine.generator
+        if not isinstance(gen, ArmingScheduler):
             raise ParamError(f"preset arm {preset.slug}: arming needs the generator (this instrument plays "
                              "clips from a folder)")
-        from instrument.control.arming import played_prompt
-
         n = 0
         for s in range(min(len(preset.slots), engine.registry.slots)):
             d = preset.slot(s)
@@ -329,6 +328,16 @@ class PresetStore:
             assert isinstance(now, str) and isinstance(now_weights, tuple)
             if played_prompt(s, prompt, weights) == played_prompt(s, now, now_weights):
                 continue  # the slot plays it already
-            n += bool(arm(s, prompt, steps=d.get("slot/steps"), guidance=d.get("slot/guidance"),
-                          seconds=d.get("slot/length"), seed=d.get("slot/seed"), weights=weights))
+            n += bool(gen.arm(s, prompt, steps=_opt_int(d.get("slot/steps")), guidance=_opt_float(d.get("slot/guidance")),
+                              seconds=_opt_float(d.get("slot/length")), seed=_opt_int(d.get("slot/seed")),
+                              weights=weights))
         return n
+
+
+def _opt_float(v: Value | None) -> float | None:
+    """A checked preset number, or None where the preset leaves the slot's own."""
+    return None if v is None else as_float(v)
+
+
+def _opt_int(v: Value | None) -> int | None:
+    return None if v is None else int(as_float(v))
