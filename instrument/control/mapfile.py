@@ -12,6 +12,7 @@ and says nothing about a key that the table says already.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from instrument.control.mapkeys import KINDS, SEE, SOURCES, VERSION, Arg, Key, S
 from instrument.control.tomlfile import read_versioned, toml_value
 from instrument.errors import ConfigError, ParamError
 from instrument.params import DEFAULT_PREFIX, Param, Ref, Registry, Value
+
+log = logging.getLogger(__name__)
 
 LEARN_WINDOW = 0.25  # seconds of CC messages MIDI learn looks at to tell CC, 14-bit CC and NRPN apart
 
@@ -119,6 +122,7 @@ def parse_mapping(text: str, where: str, registry: Registry) -> Mapping:
         b = parse_control(t, f"{where}: [[control]] #{i + 1}", m.channel)
         check_binding(b, registry, f"{where}: [[control]] #{i + 1}")
         m.controls.append(b)
+    _warn_slots_beyond(m.controls, registry, where)
     if presets is not None:
         vals = read_table(presets, "presets", f"{where}: [presets]")
         m.presets = PresetTriggers(vals.pop("channel", m.channel), **vals)
@@ -216,14 +220,31 @@ def _check_param(b: Binding, p: Param, registry: Registry, where: str) -> None:
                               "use exp or linear")
 
 
+def _warn_slots_beyond(controls: list[Binding], registry: Registry, where: str) -> None:
+    """One warning line for the file's controls for slots this instrument does not have: loaded (the
+    shipped mappings have slots 5..8 and must load on 4) but unused, so said once, naming each."""
+    beyond = [(i, b.target, n) for i, b in enumerate(controls) if (n := _beyond(b.target, registry)) is not None]
+    if beyond:
+        named = ", ".join(f"[[control]] #{i + 1} ({t})" for i, t, _ in beyond)
+        log.warning("%s: %d control(s) for slots this instrument does not have (it has %d slots), unused: %s; "
+                    "start with --slots %d to use them", where, len(beyond), registry.slots, named,
+                    max(n for _, _, n in beyond))
+
+
 def slot_beyond(target: str, registry: Registry) -> bool:
     """The target is a slot this instrument does not have (but an instrument could: 1..16)."""
+    return _beyond(target, registry) is not None
+
+
+def _beyond(target: str, registry: Registry) -> int | None:
+    """The target's slot number (1-based) if this instrument does not have it but one could (1..16)."""
     for prefix in (registry.prefix, DEFAULT_PREFIX):
         if target.startswith(prefix + "/"):
             target = target[len(prefix) + 1:]
             break
     parts = target.split("/")
-    return len(parts) > 2 and parts[0] == "slot" and parts[1].isdigit() and registry.slots < int(parts[1]) <= 16
+    ok = len(parts) > 2 and parts[0] == "slot" and parts[1].isdigit() and registry.slots < int(parts[1]) <= 16
+    return int(parts[1]) if ok else None
 
 
 def resolve_target(target: str, registry: Registry) -> Ref:
