@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from instrument import __version__
+from instrument import __version__, logs
 from instrument.config import EngineConfig, OutputConfig, PlayConfig, SourceConfig
 from instrument.errors import ConfigError, EndlessError
 from instrument.params import PARAMS
@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "starvations, callback durations, the process and audio thread ids)")
     p.add_argument("--log-control", type=Path, metavar="FILE",
                    help="record every accepted control change as a script (replay: endless render --script FILE)")
+    p.add_argument("--log-file", type=Path, metavar="PATH",
+                   help=f"also log to PATH (rotated at {logs.FILE_BYTES >> 20} MB, {logs.FILE_BACKUPS} old files kept; "
+                        "a line repeated fast is counted, not repeated)")
     o = p.add_argument_group("OSC (docs/osc.md)")
     o.add_argument("--osc-port", type=int, default=9000, metavar="PORT", help="OSC over UDP (default 9000; 0: any)")
     o.add_argument("--osc-tcp-port", type=int, metavar="PORT", help="also OSC over TCP with SLIP framing (TouchOSC)")
@@ -340,12 +343,11 @@ COMMANDS = {"play": cmd_play, "render": cmd_render, "devices": cmd_devices, "doc
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="endless: %(message)s", stream=sys.stderr)
     if args.command is None:
         ap.print_help()
         return EXIT_USAGE
     try:
+        logs.setup(args.verbose, getattr(args, "log_file", None))
         return COMMANDS[args.command](args)
     except EndlessError as e:
         if args.verbose:
