@@ -22,11 +22,12 @@ import numpy as np
 
 from instrument import checks, rt
 from instrument.clips import Clip
+from instrument.coalesce import Coalescer
 from instrument.errors import ParamError
 from instrument.params import PARAMS, Param, Ref, Registry, Value, as_float, db_to_amp
 from instrument.rt import OP_FLUSH, OP_NEXT, OP_PUSH, Command, Mixer, MixerConfig
 from instrument.scheduler import Scheduler
-from instrument.script import Event
+from instrument.script import Event, check_script, run_event
 from instrument.sources import ClipSource
 from instrument.transport import Transport
 
@@ -95,6 +96,7 @@ class Engine:
         cfg = replace(cfg, autolevel_glide=self.registry["autolevel"].smoothing, xfade=xfade, curve=curve)
         self.cfg = cfg
         self.mixer = Mixer(cfg)
+        self.coalescer = Coalescer(self.mixer)  # immediate value changes: a few a block to each parameter
         self.source = source
         self.generator = source if isinstance(source, Scheduler) else None  # prompts, settings, arming
         if self.generator is not None:
@@ -154,7 +156,7 @@ class Engine:
         elif p.target == "mixer":
             cmd = Command(MIXER_OPS[p.key], -1 if ref.slot is None else ref.slot, _code(p, value),
                           p.smoothing if glide is None else glide, None, frame)
-            if not self._send(cmd):
+            if not (self.coalescer.send(cmd) if frame < 0 and p.kind != "trigger" else self._send(cmd)):
                 raise ParamError(f"{ref.address(self.registry.prefix)}: the audio thread's command queue "
                                  "is full (is the audio stream running?)")
         if p.kind != "trigger":
@@ -261,6 +263,7 @@ class Engine:
 
     # -- scripts ---------------------------------------------------------------------------------
     def load_script(self, events: list[Event]) -> None:
+        check_script(events, self.registry, self.check_batch)  # all of it, before any of it plays
         sr = self.cfg.sample_rate
         self._script, self._control = [], []
         for ev in events:
@@ -279,7 +282,7 @@ class Engine:
             frame = int(round(ev.t * sr))
             if frame >= until_frame:
                 break
-            self.handle(ev.address, ev.args, frame)
+            run_event(self.handle, ev, frame)  # an error is logged with file:line: the set goes on
             self._script_i += 1
         while self._timed and self._timed[0][0] < until_frame:
             cmd = self._timed[0][2]
@@ -296,7 +299,7 @@ class Engine:
         while self._control_i < len(self._control) and self._control[self._control_i][0] <= now_frame:
             ev = self._control[self._control_i][1]
             self._control_i += 1
-            self.handle(ev.address, ev.args)
+            run_event(self.handle, ev)
 
     # -- clips -----------------------------------------------------------------------------------
     def pending(self, slot: int) -> int:
@@ -313,6 +316,7 @@ class Engine:
         """Top up every slot's queue from the source; take back retired buffers. Returns clips sent."""
         # dropping the references frees the buffers here, off the audio thread
         self.buffers_returned += len(self.mixer.returned())
+        self.coalescer.tick()  # changes held back by a flood, once the audio thread has taken a block
         if self.source is None:
             return 0
         if self.generator is not None:

@@ -3,8 +3,11 @@
 `endless render --script FILE` applies each event at its sample; `endless play --script FILE` at
 the same frames of the live output (so a recording of it equals the offline render). Blank lines
 and lines starting with `#` are skipped. Every line is validated against the parameter registry
-before anything plays, so a bad script never half-runs. `controllog.py` writes the same format
-from a live performance.
+and, once the engine is built, through its change check (`check_script`: the blend parser, weights
+against the prompt the script has set by then, a generator being there) before anything plays, so
+a bad script never half-runs; each error names file:line. What only the moment can refuse (weights
+for a prompt a performer has changed meanwhile) is logged with file:line by `run_event`, and the
+set goes on. `controllog.py` writes the same format from a live performance.
 
 >>> ev = parse_line('{"t": 1.5, "address": "/endless/xfade", "args": [2]}', "s.jsonl", 1)
 >>> (ev.t, ev.address, ev.args)
@@ -14,12 +17,16 @@ from a live performance.
 from __future__ import annotations
 
 import json
+import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from instrument.errors import ParamError, ScriptError
-from instrument.params import Registry
+from instrument.errors import EndlessError, ParamError, ScriptError
+from instrument.params import Ref, Registry, Value
+
+log = logging.getLogger(__name__)
 
 _KEYS = {"t", "address", "args"}
 
@@ -29,6 +36,7 @@ class Event:
     t: float  # seconds from the start of the output
     address: str
     args: tuple[object, ...]
+    where: str = field(default="", compare=False)  # file:line it was read from ("" when made in code)
 
     def to_json(self) -> str:
         return json.dumps({"t": round(self.t, 6), "address": self.address, "args": list(self.args)})
@@ -53,7 +61,7 @@ def parse_line(line: str, where: str, lineno: int) -> Event:
         raise ScriptError(f"{loc}: address={address!r}: address must be a string like /endless/xfade")
     if not isinstance(args, list):
         args = [args]
-    return Event(float(t), address, tuple(args))
+    return Event(float(t), address, tuple(args), loc)
 
 
 def load_script(path: Path, registry: Registry) -> list[Event]:
@@ -74,3 +82,26 @@ def load_script(path: Path, registry: Registry) -> list[Event]:
         events.append(ev)
     events.sort(key=lambda e: e.t)
     return events
+
+
+def check_script(events: Sequence[Event], registry: Registry,
+                 check_batch: Callable[[Sequence[tuple[Ref, Value]]], dict[int, str]]) -> None:
+    """Raise ScriptError naming file:line for the first event (in time order) that the engine would
+    refuse when applying the whole script: `check_batch` is `Engine.check_batch`."""
+    changes = []
+    for ev in events:
+        ref = registry.resolve(ev.address)
+        changes.append((ref, registry.coerce(ref, ev.args)))
+    refused = check_batch(changes)
+    if refused:
+        i = min(refused)
+        raise ScriptError(f"{events[i].where or events[i].address}: {refused[i]}")
+
+
+def run_event(handle: Callable[[str, Sequence[object], int], object], ev: Event, frame: int = -1) -> None:
+    """Apply one script event with `handle` (`Engine.handle`); an error is logged with file:line and
+    the set goes on (the rest of the script still plays)."""
+    try:
+        handle(ev.address, ev.args, frame)
+    except EndlessError as e:
+        log.error("script %s: %s (event skipped; the set goes on)", ev.where or f"t={ev.t:g}", e)

@@ -145,3 +145,19 @@ def test_play_checks_the_stats_folder_before_the_set(tmp_path: Path) -> None:
     r = endless("play", "--demo", "--seconds", "1", "--stats", str(tmp_path / "missing" / "s.json"))
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "--stats" in lines[0] and "does not exist" in lines[0], r.stderr
+
+
+@pytest.mark.timeout(300)
+def test_a_bad_blend_in_a_script_is_refused_before_the_set(tmp_path: Path) -> None:
+    """Issue 12 finding 7: `rain:nan | wind` at t=6 passed the check and ended the run at 6 s with
+    exit 2 and no file:line. Now it is refused before anything plays, naming the file and line."""
+    script = tmp_path / "s.jsonl"
+    script.write_text('{"t": 1, "address": "/endless/slot/1/gain", "args": [-3]}\n'
+                      '{"t": 6, "address": "/endless/slot/1/prompt", "args": ["rain:nan | wind"]}\n')
+    out = tmp_path / "g.wav"
+    r = endless("render", "--model", "tiny", "--slots", "1", "--seconds", "8", "--length", "3", "--steps", "2",
+                "--script", str(script), "--out", str(out), env=_offline_env(tmp_path), timeout=280)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"endless: error: {script}:2: ") and "bad weight 'nan'" in last, r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()

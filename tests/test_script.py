@@ -76,3 +76,58 @@ def test_a_control_log_with_weights_loads_back(tmp_path: Path) -> None:
     events = load_script(path, e.registry)
     weights = [ev.args for ev in events if ev.address == "/endless/slot/1/weights"]
     assert weights == [(1.0, 3.0)]
+
+
+def test_a_bad_blend_is_refused_up_front_naming_file_and_line(tmp_path: Path) -> None:
+    """Issue 12 finding 7: a prompt `rain:nan | wind` at t=6 passed the up-front check and ended the set
+    at 6 s. Every event is checked as the engine would apply it (registry, blend parser, weights
+    against the prompt the script has set by then), before anything plays."""
+    from tests.test_engine_batch import gen_engine
+
+    e = gen_engine()
+    ok = '{"t": 0, "address": "/endless/slot/1/gain", "args": [-3]}\n'
+    for line, fragment in [
+        ('{"t": 6, "address": "/endless/slot/1/prompt", "args": ["rain:nan | wind"]}', "bad weight 'nan'"),
+        ('{"t": 6, "address": "/endless/slot/2/prompt", "args": ["rain:0.5 | "]}', "slot 2 prompt"),
+        ('{"t": 6, "address": "/endless/slot/1/weights", "args": [1, 2, 3]}', "3 given for a prompt of"),
+    ]:
+        p = write(tmp_path, ok + '{"t": 1, "address": "/endless/slot/1/prompt", "args": ["rain | wind"]}\n' + line + "\n")
+        with pytest.raises(ScriptError) as err:
+            e.load_script(load_script(p, e.registry))
+        assert str(err.value).startswith(f"{p}:3: ") and fragment in str(err.value), err.value
+        assert "\n" not in str(err.value)
+    assert e.values[("slot/prompt", 0)] == ""  # nothing applied
+    # weights are checked against the prompt the script sets before them (two parts here)
+    p = write(tmp_path, '{"t": 1, "address": "/endless/slot/1/prompt", "args": ["rain | wind"]}\n'
+                        '{"t": 2, "address": "/endless/slot/1/weights", "args": [1, 3]}\n')
+    e.load_script(load_script(p, e.registry))
+    # a clip folder has no generator: a prompt in its script is refused up front, not at its time
+    clips = Engine(MixerConfig(slots=1, sample_rate=44100))
+    p = write(tmp_path, ok.replace("/2/", "/1/") + '{"t": 9, "address": "/endless/slot/1/prompt", "args": ["rain"]}\n')
+    with pytest.raises(ScriptError, match=f"{p}:2: .*no generator"):
+        clips.load_script(load_script(p, clips.registry))
+
+
+def test_an_event_refused_at_run_time_is_logged_and_the_set_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """What only the moment can refuse (weights written for the prompt the script set, when a
+    performer has changed that prompt meanwhile) is logged with file:line; the events after it apply."""
+    from tests.test_engine_batch import gen_engine
+
+    e = gen_engine()
+    sr = e.cfg.sample_rate
+    p = write(tmp_path, '{"t": 0.5, "address": "/endless/slot/1/prompt", "args": ["rain | wind"]}\n'
+                        '{"t": 1, "address": "/endless/slot/1/weights", "args": [1, 3]}\n'
+                        '{"t": 1.5, "address": "/endless/slot/2/prompt", "args": ["thunder"]}\n'
+                        '{"t": 2, "address": "/endless/master/gain", "args": [-6]}\n')
+    e.load_script(load_script(p, e.registry))
+    e.apply_due(sr // 2)
+    e.handle("/endless/slot/1/prompt", ["rain"])  # a performer's change: one part now
+    with caplog.at_level("ERROR"):
+        for frame in range(sr // 2, 3 * sr, 4096):
+            e.apply_due(frame)
+            e.schedule_script(frame + 4096)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and f"{p}:2: " in lines[0] and "2 given for a prompt of 1 part" in lines[0], lines
+    assert e.values[("slot/prompt", 0)] == "rain" and e.values[("slot/prompt", 1)] == "thunder"
+    assert e.values[("master/gain", None)] == -6.0
