@@ -357,11 +357,11 @@ def test_a_full_tap_drops_whole_blocks_and_counts_them_never_blocking() -> None:
 
 def test_a_full_command_ring_refuses_and_reports() -> None:
     e = engine(command_capacity=4)
-    for k in range(4):
-        e.handle("/endless/slot/1/gain", [-float(k)])
+    for addr in ("slot/1/pan", "slot/1/mute", "slot/1/solo", "master/gain"):  # 4 parameters (1's coalesce: test_flood)
+        e.handle(f"/endless/{addr}", [1])
     with pytest.raises(ParamError, match="command queue is full"):
         e.handle("/endless/slot/1/gain", [-9.0])
-    assert e.stats().commands_rejected == 1 and e.values[("slot/gain", 0)] == -3.0  # nothing half-applied
+    assert e.stats().commands_rejected == 1 and e.values[("slot/gain", 0)] == 0.0  # nothing half-applied
     e.mixer.process(np.zeros((64, 2), np.float32))  # the audio thread takes them
     e.handle("/endless/slot/1/gain", [-9.0])
 
