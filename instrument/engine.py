@@ -27,7 +27,7 @@ from instrument.errors import ParamError
 from instrument.params import PARAMS, Param, Ref, Registry, Value, as_float, db_to_amp
 from instrument.rt import OP_FLUSH, OP_NEXT, OP_PUSH, Command, Mixer, MixerConfig
 from instrument.scheduler import Scheduler
-from instrument.script import Event
+from instrument.script import Event, check_script, run_event
 from instrument.sources import ClipSource
 from instrument.transport import Transport
 
@@ -263,6 +263,7 @@ class Engine:
 
     # -- scripts ---------------------------------------------------------------------------------
     def load_script(self, events: list[Event]) -> None:
+        check_script(events, self.registry, self.check_batch)  # all of it, before any of it plays
         sr = self.cfg.sample_rate
         self._script, self._control = [], []
         for ev in events:
@@ -281,7 +282,7 @@ class Engine:
             frame = int(round(ev.t * sr))
             if frame >= until_frame:
                 break
-            self.handle(ev.address, ev.args, frame)
+            run_event(self.handle, ev, frame)  # an error is logged with file:line: the set goes on
             self._script_i += 1
         while self._timed and self._timed[0][0] < until_frame:
             cmd = self._timed[0][2]
@@ -298,7 +299,7 @@ class Engine:
         while self._control_i < len(self._control) and self._control[self._control_i][0] <= now_frame:
             ev = self._control[self._control_i][1]
             self._control_i += 1
-            self.handle(ev.address, ev.args)
+            run_event(self.handle, ev)
 
     # -- clips -----------------------------------------------------------------------------------
     def pending(self, slot: int) -> int:
