@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from instrument.control.tomlfile import read_text
 from instrument.errors import EndlessError, ParamError, ScriptError
 from instrument.params import Ref, Registry, Value
 
@@ -66,10 +67,7 @@ def parse_line(line: str, where: str, lineno: int) -> Event:
 
 def load_script(path: Path, registry: Registry) -> list[Event]:
     """Read and validate a script; events come back sorted by time (stable for equal times)."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ScriptError(f"{path}: cannot read the script ({e.strerror}): check the path") from None
+    text = read_text(path, "script", ScriptError, ": check the path")
     events = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):

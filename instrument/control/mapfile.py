@@ -19,7 +19,7 @@ from typing import Any
 
 from instrument.control.actions import BY_PATH
 from instrument.control.mapkeys import KINDS, SEE, SOURCES, VERSION, Arg, Key, Source, Table, keys, read_table
-from instrument.control.tomlfile import read_versioned, toml_value
+from instrument.control.tomlfile import read_text, read_versioned, toml_value
 from instrument.errors import ConfigError, ParamError
 from instrument.params import DEFAULT_PREFIX, Param, Ref, Registry, Value
 
@@ -103,10 +103,7 @@ DEFAULTS: dict[Table, object] = {"file": Mapping(), "control": Binding("cc", 0, 
 # == reading ========================================================================================
 def load_mapping(path: Path, registry: Registry) -> Mapping:
     """Read and check a mapping file; every problem names the file, the key and what is allowed."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the mapping ({e.strerror}); see mappings/ for examples") from None
+    text = read_text(path, "mapping", ConfigError, "; see mappings/ for examples")
     m = parse_mapping(text, str(path), registry)
     m.path = path
     return m

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from instrument.control.arming import ArmingScheduler, played_prompt
-from instrument.control.tomlfile import read_versioned, toml_value, write_atomic
+from instrument.control.tomlfile import read_text, read_versioned, toml_value, write_atomic
 from instrument.errors import ParamError
 from instrument.params import Param, Ref, Registry, Value, as_float, check_glide
 
@@ -243,10 +243,7 @@ class PresetStore:
 
     def load(self, name_or_index: str | int | float, registry: Registry) -> Preset:
         slug, path = self.find(name_or_index)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise ParamError(f"{path}: cannot read the preset ({e.strerror})") from None
+        text = read_text(path, "preset", ParamError)
         return parse_preset(text, str(path), registry, slug)
 
     def store(self, engine: Engine, name: str, glide: float | None = None) -> Path:

@@ -21,6 +21,17 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+def read_text(path: Path, what: str, error: type[EndlessError], fix: str = "") -> str:
+    """A file's text, read as UTF-8; `error` naming the file (and `what` it is) if it cannot be read
+    or is not UTF-8 text. `fix` follows the reason for an unreadable file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} ({e.strerror}){fix}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: the {what} is not UTF-8 text (byte {e.start}: {e.reason}): save it as UTF-8") from None
+
+
 def read_versioned(text: str, where: str, keys: Iterable[str], version: int, error: type[EndlessError],
                    see: str = "", fix: str = "") -> dict[str, Any]:
     """The top-level table of `text`; raises `error` naming `where` for invalid TOML, an unknown key

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -19,12 +21,17 @@ class OscConfig:
     allow: tuple[str, ...] = ()  # --allow: client addresses or networks; empty: anyone; loopback always
     status_hz: float = 30.0  # status and meters to subscribers at most this often (<= 30)
     max_subscribers: int = 32
-    max_connections: int = 16  # TCP clients at once
+    max_connections: int = 16  # TCP clients at once (when full, one idle 10 s makes room)
+    tcp_idle: float = 300.0  # s: a TCP connection that sends nothing this long is closed
+    subscribe_ttl: float = 60.0  # s: a UDP subscription ends unless renewed (/subscribe again) within this
 
     def check(self) -> None:
         """ConfigError, naming the flag, for a value the server cannot run with."""
         if not 0 < self.status_hz <= 30:
             raise ConfigError(f"OSC status rate {self.status_hz:g} Hz: allowed above 0 up to 30 Hz")
+        for what, v in (("TCP idle timeout", self.tcp_idle), ("subscription lifetime", self.subscribe_ttl)):
+            if not 0 < v < math.inf:
+                raise ConfigError(f"OSC {what} {v:g} s: allowed above 0 (a number of seconds)")
         for flag, port in (("--osc-port", self.port), ("--osc-tcp-port", self.tcp_port)):
             if port is not None and not 0 <= port <= 65535:
                 raise ConfigError(f"{flag} {port}: allowed 0..65535 (0: any free port)")
@@ -65,3 +72,39 @@ class RateLog:
             log.error("%s%s", text, more, exc_info=exc)
         else:
             log.warning("%s%s", text, more)
+
+
+class LibraryLogLimit(logging.Filter):
+    """On the root logger, where python-osc logs (module-level `logging.warning`, one line per
+    argument it cannot parse: 60,000 for one datagram): its lines at most one a second, the next
+    one saying how many were left out. Every other line passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._at = -math.inf
+        self._skipped = 0
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "pythonosc" not in record.pathname:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            if now - self._at < 1.0:
+                self._skipped += 1
+                return False
+            if self._skipped:
+                record.msg = f"{record.getMessage()} (and {self._skipped} more from python-osc since the last)"
+                record.args = None
+            self._at, self._skipped = now, 0
+        return True
+
+
+LIBRARY_LOG_LIMIT = LibraryLogLimit()
+
+
+def limit_library_logs() -> None:
+    """Install `LIBRARY_LOG_LIMIT` on the root logger (once; idempotent)."""
+    root = logging.getLogger()
+    if LIBRARY_LOG_LIMIT not in root.filters:
+        root.addFilter(LIBRARY_LOG_LIMIT)

@@ -5,7 +5,10 @@
   address (real units, and /normalized) to every subscriber. The engine listener only queues it:
   whoever changes the engine (holding its lock) never waits on a socket;
 - sync: a dump of every current value, only as messages the server itself accepts back (a client
-  may replay it), then `/sync/done <count>`;
+  may replay it), then `/sync/done <count>`, the count of those actually sent: a value too large
+  for a UDP datagram is answered with `/error <its address> ...` instead;
+- subscriptions: over UDP they end (with `/unsubscribed`) unless renewed within `subscribe_ttl`;
+  over TCP they last as long as the connection;
 - status: meters and counters to subscribers at most `status_hz` a second (<= 30), only what
   changed and everything once a second. `tick()` (the control loop, holding the engine lock) takes
   a snapshot when one is due and the last one has gone out, so a slow network never queues them up.
@@ -17,14 +20,13 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pythonosc.osc_message_builder import OscMessageBuilder
-
+import instrument.control.osc.transport as transport
 from instrument.control.osc.config import OscConfig, OscStats, RateLog
-from instrument.control.osc.transport import Peer
+from instrument.control.osc.transport import Peer, Transport
+from instrument.control.osc.wire import encode
 from instrument.errors import ParamError
 from instrument.params import Param, Ref, Value
 
@@ -65,23 +67,23 @@ class _Out:
     dest: Peer | None  # None: every subscriber
     msgs: tuple[Msg, ...]
     status: bool = False
+    sync: bool = False  # a dump: ends with /sync/done and the count sent
 
 
 class Feedback:
     """Subscribers, the outgoing queue and its sender thread, for one engine."""
 
-    def __init__(self, engine: Engine, config: OscConfig, stats: OscStats, send: Callable[[Peer, bytes], None],
-                 note: RateLog) -> None:
+    def __init__(self, engine: Engine, config: OscConfig, stats: OscStats, wire: Transport, note: RateLog) -> None:
         self.engine = engine
         self.registry = engine.registry
         self.prefix = engine.registry.prefix
         self.config = config
         self.stats = stats
         self.recording: str | None = None  # the path being recorded (for /sync)
-        self._send = send
+        self._wire = wire
         self._note = note
         self._outbox: queue.Queue[_Out | None] = queue.Queue()
-        self._subs: dict[tuple[object, ...], Peer] = {}
+        self._subs: dict[tuple[object, ...], tuple[Peer, float]] = {}  # key: (where, until when)
         self._subs_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._status_due = 0.0
@@ -105,7 +107,7 @@ class Feedback:
     # -- subscribers -----------------------------------------------------------------------------
     def subscribers(self) -> list[Peer]:
         with self._subs_lock:
-            return list(self._subs.values())
+            return [p for p, _ in self._subs.values()]
 
     def room_for(self, dest: Peer) -> bool:
         with self._subs_lock:
@@ -114,10 +116,24 @@ class Feedback:
     def subscribe(self, dest: Peer) -> None:
         """Add `dest` and send it the full state (the caller holds the engine lock: no change falls
         between the dump and the first echo)."""
+        until = math.inf if dest.conn is not None else time.monotonic() + self.config.subscribe_ttl
         with self._subs_lock:
-            self._subs[dest.key] = dest
+            self._subs[dest.key] = (dest, until)
         self._status_refresh = True
-        self.reply(dest, *self.dump())
+        self.sync(dest)
+
+    def sync(self, dest: Peer) -> None:
+        """Every current value to `dest`, then `/sync/done <count sent>` (holding the engine lock)."""
+        self._outbox.put(_Out(dest, self.dump(), sync=True))
+
+    def _expire(self, now: float) -> None:
+        """End the UDP subscriptions not renewed in time, telling each (`/unsubscribed`)."""
+        with self._subs_lock:
+            gone = [p for p, until in self._subs.values() if until < now]
+            for p in gone:
+                del self._subs[p.key]
+        for p in gone:
+            self.reply(p, (f"{self.prefix}/unsubscribed", ()))
 
     def unsubscribe(self, dest: Peer) -> None:
         with self._subs_lock:
@@ -182,12 +198,12 @@ class Feedback:
         msgs = [m for i, (ref, value) in enumerate(kept) if i not in refused
                 for m in self.value_msgs(ref.param, ref.slot, value)]
         msgs.append((f"{self.prefix}/record", (1, self.recording) if self.recording else (0,)))
-        msgs.append((f"{self.prefix}/sync/done", (len(msgs),)))
         return tuple(msgs)
 
     def tick(self) -> None:
         """Queue a status snapshot for subscribers when one is due (the control loop, holding the lock)."""
         now = time.monotonic()
+        self._expire(now)
         if self._status_busy or now < self._status_due or not self._subs:
             return
         self._status_due = now + 1.0 / self.config.status_hz
@@ -231,16 +247,24 @@ class Feedback:
 
     def _deliver(self, item: _Out) -> None:
         msgs = self._changed_status(item.msgs) if item.status else item.msgs
-        dests = [item.dest] if item.dest is not None else self.subscribers()
+        wire = self._wire
+        dests = [d for d in ([item.dest] if item.dest is not None else self.subscribers()) if wire.alive(d)]
         if not dests:
             return
+        sent = dict.fromkeys([d.key for d in dests], 0)
         for addr, args in msgs:
-            b = OscMessageBuilder(addr)
-            for a in args:
-                b.add_arg(a)
-            data = b.build().dgram
+            data = encode(addr, args)
             for d in dests:
-                self._send(d, data)
+                if not wire.fits(d, len(data)):  # answered in its place, in order
+                    self.stats.errors += 1
+                    why = (f"a reply of {len(data)} bytes, more than one UDP datagram takes "
+                           f"({transport.MAX_UDP_REPLY}): not sent; use TCP (--osc-tcp-port) for it")
+                    self._note(f"OSC to {d}: {addr}: {why}")
+                    wire.send(d, encode(f"{self.prefix}/error", (addr, why)))
+                elif wire.send(d, data):
+                    sent[d.key] += 1
+        for d in dests if item.sync else ():
+            wire.send(d, encode(f"{self.prefix}/sync/done", (sent[d.key],)))
 
     def _changed_status(self, msgs: tuple[Msg, ...]) -> tuple[Msg, ...]:
         now = time.monotonic()

@@ -1,8 +1,8 @@
 """OSC routes: the address space, and each packet made into one job for the control bus.
 
 The address space is built once from the registry (every parameter of every slot, real and
-/normalized: a dict of exact addresses, with python-osc's Dispatcher matching address patterns
-against the parameters), the server's own addresses (`SERVER_ADDRESSES`) and every action of
+/normalized: a dict of exact addresses, and address patterns matched against the parameters in
+linear time by `pattern.Matcher`), the server's own addresses (`SERVER_ADDRESSES`) and every action of
 `ACTIONS` at `<prefix>/<path>`.
 
 A packet (a message, a bundle, or a pattern reaching several parameters) is all or nothing:
@@ -15,27 +15,30 @@ Each refused message is answered with `/error <its own address> <why>`, the othe
 with `/error <address> not applied: ...`. A packet with an action (actions read and write files)
 waits for the control thread; any other may run where it arrived when the engine is free (the
 bus decides). A ping is a job too, so its pong comes after everything sent before it.
+
+Bundles apply when they arrive: a timetag more than `FUTURE_SLACK` s ahead of this machine's clock
+is refused (the server does not schedule), an earlier one or "immediately" applies at once.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_packet import OscPacket
 
 from instrument.control.actions import ACTIONS, Actions, Done
 from instrument.control.bus import ControlBus, Job
 from instrument.control.osc.config import OscStats, RateLog
 from instrument.control.osc.feedback import Address, Feedback
+from instrument.control.osc.pattern import Matcher, is_pattern
 from instrument.control.osc.transport import Peer
+from instrument.control.osc.wire import encode, problem
 from instrument.errors import EndlessError, ParamError
 from instrument.params import Ref, Value
 
@@ -47,14 +50,16 @@ SERVER_ADDRESSES: tuple[Address, ...] = (
     Address("ping", "[any]", "Answered with `/pong` and the same arguments once everything sent before "
             "it has been applied (round-trip time, liveness, a barrier)."),
     Address("subscribe", "[port]", "Send every accepted change (on its own address, real and /normalized), "
-            "and the status below, to the sender's address, or to `port` on the sender's host; starts "
-            "with a full dump as `/sync` gives. Over TCP without a port: on the connection."),
+            "and the status below, to the sender's address, or to `port` on the sender's host (another "
+            "port only from this machine: loopback); starts with a full dump as `/sync` gives. Over UDP "
+            "it lasts 60 s: send `/subscribe` again to renew it (it ends with `/unsubscribed`). Over TCP "
+            "without a port: on the connection, as long as it is open."),
     Address("unsubscribe", "[port]", "Stop sending to that address."),
     Address("sync", "", "Dump every current value to the sender, then `/sync/done <count>`."),
 )
 SWITCHES = frozenset({"record"})  # actions whose 0 means "off", not a button's release
 NOT_APPLIED = "not applied: another message in its bundle (or address pattern) was refused"
-_PATTERN = re.compile(r"[*?\[{]")
+FUTURE_SLACK = 1.0  # s: a bundle timetag this far ahead of the clock here still applies at once
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,6 @@ class Routes:
         self.registry = bus.engine.registry
         self.prefix = self.registry.prefix
         self._note = note
-        self.dispatcher = Dispatcher(strict_timing=False)  # pattern matching only: timetags are ignored
         self._exact: dict[str, _Route] = {}
         reg = self.registry
         for p in reg:
@@ -101,7 +105,7 @@ class Routes:
                     ref = Ref(p, slot, norm)
                     route = _Route(ref.address(self.prefix), "param", ref=ref, button=p.kind == "trigger")
                     self._exact[route.address] = route
-                    self.dispatcher.map(route.address, _unused, route)
+        self.matcher = Matcher(list(self._exact))  # parameters only
         others = [_Route(f"{self.prefix}/{a.path}", a.path, button=a.path == "sync") for a in SERVER_ADDRESSES]
         others += [_Route(f"{self.prefix}/{a.path}", "action", a.path, button=a.path not in SWITCHES) for a in ACTIONS]
         for route in others:
@@ -112,14 +116,25 @@ class Routes:
     # -- the transport's thread ------------------------------------------------------------------
     def packet(self, data: bytes, peer: Peer) -> None:
         t = time.perf_counter_ns()
+        bad = problem(data)
+        if bad is not None:
+            self.stats.malformed += 1
+            self.feedback.error(peer, *bad)
+            return
         try:
-            parsed = [tm.message for tm in OscPacket(data).messages]
+            timed = OscPacket(data).messages
         except Exception as e:  # ParseError, and on hostile input whatever python-osc trips on
             self.malformed(peer, f"malformed OSC packet ({len(data)} bytes): {str(e)[:200]}")
             return
         msgs: list[_Msg] = []
         refused: list[tuple[str, str]] = []
-        for m in parsed:
+        ahead = max((tm.time for tm in timed), default=0.0) - time.time()
+        if ahead > FUTURE_SLACK:
+            self._refuse(peer, [(tm.message.address, f"bundle timetag {ahead:.1f} s in the future: this server "
+                                 "applies a bundle when it arrives and does not schedule it; send it with the "
+                                 "timetag 'immediately' (1) or the time now") for tm in timed])
+            return
+        for m in (tm.message for tm in timed):
             self.stats.messages += 1
             try:
                 self._route(peer, m.address, tuple(m.params), msgs, refused)
@@ -144,14 +159,22 @@ class Routes:
         """A TCP connection closed: it no longer subscribes."""
         self.feedback.unsubscribe(peer)
 
+    def goodbye(self, why: str) -> bytes:
+        """What a TCP client is sent before the server closes it: `/error ? <why>`."""
+        return encode(f"{self.prefix}/error", ("?", why))
+
     def _route(self, peer: Peer, address: str, args: tuple[Any, ...], msgs: list[_Msg],
                refused: list[tuple[str, str]]) -> None:
         """Add the message's targets to `msgs`, or (address, why) to `refused` for each refused one."""
         route = self._exact.get(address)
         if route is not None:
             routes = [route]
-        elif _PATTERN.search(address):
-            routes = [h.args[0] for h in self.dispatcher.handlers_for_address(address)]  # parameters only
+        elif is_pattern(address):
+            try:
+                routes = [self._exact[a] for a in self.matcher.match(address)]
+            except ParamError as e:
+                refused.append((address, str(e)))
+                return
         else:
             routes = []
         if not routes:
@@ -179,6 +202,13 @@ class Routes:
             return _Msg(route, args, value=self.registry.coerce(route.ref, args))
         if route.kind in ("subscribe", "unsubscribe"):
             return _Msg(route, args, dest=_subscriber(peer, route.address, args))
+        if route.kind == "ping":
+            try:
+                encode(route.address, args)
+            except Exception:
+                raise ParamError(f"{route.address}: {[type(a).__name__ for a in args]}: arguments the pong cannot "
+                                 "send back (a timetag?): ping takes ints, floats, text, blobs, true, false and "
+                                 "nil") from None
         if route.kind == "action" and self.actions is None:
             raise ParamError(f"{route.address}: not available here (presets, MIDI learn and recording come with "
                              "`endless play`)")
@@ -191,7 +221,7 @@ class Routes:
         current = msgs[0]
         try:
             plans: dict[int, Callable[[], Done | None]] = {}
-            refused = self._check(engine, msgs, plans)
+            refused = self._check(engine, peer, msgs, plans)
             if refused:
                 self._refuse(peer, [(m.address, refused.get(i, NOT_APPLIED)) for i, m in enumerate(msgs)])
                 return
@@ -200,8 +230,8 @@ class Routes:
         except Exception as e:  # a bug: answer it, keep the instrument playing
             self.feedback.error(peer, current.address, self._bug(peer, current.address, e))
 
-    def _check(self, engine: Engine, msgs: tuple[_Msg, ...], plans: dict[int, Callable[[], Done | None]]
-               ) -> dict[int, str]:
+    def _check(self, engine: Engine, peer: Peer, msgs: tuple[_Msg, ...],
+               plans: dict[int, Callable[[], Done | None]]) -> dict[int, str]:
         """What the engine and the actions would refuse, by message index; fills `plans` for actions."""
         sets = [(i, m.route.ref, m.value) for i, m in enumerate(msgs) if m.route.ref is not None]
         refused = {sets[k][0]: text for k, text in engine.check_batch([(r, v) for _, r, v in sets]).items()}
@@ -211,6 +241,8 @@ class Routes:
                     plans[i] = self.actions.plan(m.route.path, m.args)
                 except EndlessError as e:
                     refused[i] = str(e)
+                except Exception as e:  # a bug: named on its own message, not the bundle's first
+                    refused[i] = self._bug(peer, m.address, e)
             elif m.dest is not None and m.route.kind == "subscribe" and not self.feedback.room_for(m.dest):
                 refused[i] = (f"{m.address}: {len(self.feedback.subscribers())} subscribers already, the most "
                               "allowed: unsubscribe one first")
@@ -228,7 +260,7 @@ class Routes:
         elif kind == "ping":
             fb.reply(peer, (f"{self.prefix}/pong", m.args))
         elif kind == "sync":
-            fb.reply(peer, *fb.dump())
+            fb.sync(peer)
         elif kind == "subscribe" and m.dest is not None:
             fb.subscribe(m.dest)
         elif kind == "unsubscribe" and m.dest is not None:
@@ -262,10 +294,6 @@ class Routes:
         return f"internal error ({type(e).__name__}: {e}); the server goes on"
 
 
-def _unused(*args: object) -> None:
-    """The Dispatcher's handlers are never called: it only matches patterns."""
-
-
 def _is_release(a: object) -> bool:
     """A button's release: 0 or false (TouchOSC sends 1 on press, 0 on release)."""
     return a is False or (isinstance(a, (int, float)) and not isinstance(a, bool) and a == 0)
@@ -279,6 +307,9 @@ def _subscriber(peer: Peer, address: str, args: tuple[Any, ...]) -> Peer:
     if len(args) > 1 or isinstance(port, bool) or not isinstance(port, (int, float)) \
             or not float(port).is_integer() or not 1 <= port <= 65535:
         raise ParamError(f"{address}: expected no argument or a port 1..65535, got {list(args)}")
+    if int(port) != peer.port and peer.conn is None and not peer.loopback:
+        raise ParamError(f"{address} {int(port)}: only a client on this machine (loopback) may subscribe another "
+                         f"port; from {peer.host}, send /subscribe without a port: feedback goes where you send from")
     return Peer(peer.host, int(port))
 
 

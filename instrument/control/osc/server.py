@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-from instrument.control.osc.config import OscConfig, OscStats, RateLog, log
+from instrument.control.osc.config import OscConfig, OscStats, RateLog, limit_library_logs, log
 from instrument.control.osc.feedback import Feedback
 from instrument.control.osc.routes import Routes
 from instrument.control.osc.transport import Peer, Transport
@@ -45,7 +45,7 @@ class OscServer:
         self.stats = OscStats()
         note = RateLog()
         self.transport = Transport(config, self.stats, note)
-        self.feedback = Feedback(self.engine, config, self.stats, self.transport.send, note)
+        self.feedback = Feedback(self.engine, config, self.stats, self.transport, note)
         self.routes = Routes(bus, self.feedback, self.stats, actions, note)
         if actions is not None:
             actions.listeners.append(self.feedback.announce)
@@ -72,6 +72,7 @@ class OscServer:
         return self.feedback.recording
 
     def start(self) -> OscServer:
+        limit_library_logs()
         self.transport.start(self.routes)
         self.feedback.start()
         self._started = True

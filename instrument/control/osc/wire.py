@@ -1,0 +1,60 @@
+"""A look at a packet's bytes before python-osc parses it: what it would not parse in silence.
+
+python-osc logs one warning per type tag it does not know and goes on (a datagram of 60,000 `x`
+tags: 60,000 log lines, seconds of CPU), and one per bundle element that is neither a message nor
+a bundle. `problem()` finds the first of these, so the packet is refused in one answer instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+TAGS = frozenset("ifdsbhrmtTFN[]")  # what python-osc parses
+BUNDLE = b"#bundle\0"
+MAX_DEPTH = 32
+
+
+def problem(data: bytes, depth: int = 0) -> tuple[str, str] | None:
+    """(address, why) for the first unsupported type tag or unknown bundle element, else None
+    (anything else malformed is left to python-osc's parser, which raises)."""
+    if data.startswith(BUNDLE):
+        if depth >= MAX_DEPTH:
+            return "?", f"bundles nested more than {MAX_DEPTH} deep"
+        i, n = 16, 0
+        while i + 4 <= len(data):
+            size = int.from_bytes(data[i:i + 4], "big", signed=True)
+            i += 4
+            if size < 0 or i + size > len(data):
+                return None  # cut short: the parser says so
+            n += 1
+            part = data[i:i + size]
+            if not part.startswith((b"/", BUNDLE)):
+                return "?", f"bundle element {n} ({size} bytes) is neither a message nor a bundle"
+            found = problem(part, depth + 1)
+            if found is not None:
+                return found
+            i += size
+        return None
+    end = data.find(b"\0")
+    if end < 0:
+        return None
+    start = (end // 4 + 1) * 4
+    if data[start:start + 1] != b",":
+        return None
+    stop = data.find(b"\0", start)
+    for b in data[start + 1:stop if stop >= 0 else len(data)]:
+        if chr(b) not in TAGS:
+            address = data[:end].decode("utf-8", "replace")
+            return address, (f"unsupported OSC type tag {chr(b)!r} (supported: {''.join(sorted(TAGS))}): "
+                             "the message is not applied")
+    return None
+
+
+def encode(address: str, args: tuple[Any, ...]) -> bytes:
+    """One OSC message (python-osc picks each argument's type; raises for one it cannot send)."""
+    b = OscMessageBuilder(address)
+    for a in args:
+        b.add_arg(a)
+    return b.build().dgram
