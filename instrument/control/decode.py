@@ -6,8 +6,8 @@ does not do is here: pairing a 14-bit CC's MSB and LSB, following the NRPN param
 selected, and reading relative encoders.
 
 >>> d = Decoder([Binding("cc", 7, "xfade")])
->>> d.feed((0xB0, 7, 127)), d.feed((0xB0, 200, 5)), d.feed((5,))
-([Hit(index=0, kind='abs', x=1.0)], [], [])
+>>> d.feed((0xB0, 7, 127)), d.feed((0xB0, 200, 5)), d.feed((5,)), d.feed((0xE0, 5))
+([Hit(index=0, kind='abs', x=1.0)], [], [], [])
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class Decoder:
         """The hits of one message's bytes; none for a malformed message or one no binding uses."""
         try:
             msg = mido.Message.from_bytes(data)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, IndexError):  # IndexError: mido on a pitch bend one data byte short
             return []
         if msg.type == "control_change":
             return self._cc(msg.channel, msg.control, msg.value)
