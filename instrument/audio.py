@@ -2,11 +2,14 @@
 
 The device callback is C (instrument.rt's rt_callback): it applies the commands waiting, mixes
 the next block into PortAudio's buffer, taps it for the recorder and counts underflow flags.
-Everything else (clip loading, script scheduling, status) runs on the control loop in `play()`.
+Everything else (clip loading, script scheduling, status) runs on the control loop in `play()`,
+which also watches the callbacks: none for `stall` seconds (the JACK server gone, a device
+unplugged) ends the set with `AudioStalledError`, and no PortAudio call may hang the exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import sys
@@ -25,6 +28,20 @@ from instrument.rt import Mixer, Stream
 from instrument.rt.mixer import UNDERFLOW
 
 log = logging.getLogger(__name__)
+
+STALL_S = 2.0  # no device callback for this long while the stream runs: the device is gone
+STOP_WAIT_S = 3.0  # how long a stream's stop may take before it is given up as hung
+
+
+class AudioStalledError(AudioDeviceError):
+    """The audio device stopped calling back mid-set (the JACK server gone, a device unplugged).
+    `summary`: the set up to there."""
+
+    exit_code = 6
+
+    def __init__(self, message: str, summary: PlaySummary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 def _sd() -> Any:
@@ -145,6 +162,7 @@ class Output:
                  latency: str | float = "low") -> None:
         self.engine = engine
         self.mixer = engine.mixer
+        self._shut = False
         try:
             self.stream = Stream(self.mixer, device, blocksize, latency)
         except OSError as e:  # PortAudio library missing
@@ -167,21 +185,63 @@ class Output:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stream.stop()
-        self.stream.close()
+        self.shut(stalled=False)
+
+    def shut(self, stalled: bool) -> bool:
+        """Stop and close the stream, giving up after STOP_WAIT_S (1 s once `stalled`): with its
+        server gone, PortAudio's JACK stop, abort and close never return. A hung one is left to its
+        own daemon thread, and PortAudio's exit handler (which would wait on that stream forever)
+        is taken off, so the process still ends. Returns whether the stream shut (once: later calls
+        return at once)."""
+        if self._shut:
+            return False
+        self._shut = True
+        stream = self.stream
+
+        def shut() -> None:
+            stream.stop()
+            stream.close()
+
+        t = threading.Thread(target=shut, name="endless-stream-stop", daemon=True)
+        t.start()
+        t.join(1.0 if stalled else STOP_WAIT_S)
+        if not t.is_alive():
+            return True
+        log.debug("the audio stream did not stop in time: left open, PortAudio's exit handler removed")
+        handler = getattr(_sd(), "_exit_handler", None)
+        if handler is not None:
+            atexit.unregister(handler)
+        return False
+
+
+class Watchdog:
+    """Whether the device still calls back: the callback count must move within `stall` seconds."""
+
+    def __init__(self, mixer: Mixer, stall: float = STALL_S) -> None:
+        self.mixer = mixer
+        self.stall = stall
+        self.seen = mixer.callbacks
+        self.since = time.monotonic()
+
+    def stalled(self, now: float) -> bool:
+        n = self.mixer.callbacks
+        if n != self.seen:
+            self.seen, self.since = n, now
+        return now - self.since > self.stall
 
 
 def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency: str | float = "low",
          seconds: float | None = None, recorder: Recorder | None = None,
          status: Callable[[Engine, Output], None] | None = None, lookahead: float = 0.5,
          ticks: Sequence[Callable[[Engine], object]] = (), wake: threading.Event | None = None,
-         stop: threading.Event | None = None) -> PlaySummary:
+         stop: threading.Event | None = None, stall: float = STALL_S) -> PlaySummary:
     """Play until `seconds` of output have been produced (None: until Ctrl-C or `stop` is set).
 
     The control loop: `ticks` (what OSC and MIDI left in their inboxes), due script events,
     timed changes handed to the mixer, clip queues topped up, status; it sleeps 10 ms, or less
     when `wake` is set by an arriving message. Each tick holds `engine.lock`. `recorder`: one made
-    before the stream starts (it taps from the first frame)."""
+    before the stream starts (it taps from the first frame). No device callback for `stall` s
+    raises AudioStalledError (with the summary) once the stream is put away."""
     sr = engine.cfg.sample_rate
     with engine.lock:  # inputs may already be live (OSC started first): they queue meanwhile
         if engine.generator is not None:
@@ -203,8 +263,10 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     gc.freeze()
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
+    stalled: AudioStalledError | None = None
     try:
         with out:
+            watch = Watchdog(engine.mixer, stall)
             while (limit is None or engine.mixer.frame < limit) and not (stop is not None and stop.is_set()):
                 with engine.lock:  # input threads apply messages between ticks (OSC and MIDI `immediate`)
                     for tick in ticks:
@@ -214,6 +276,13 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
                     engine.pump()
                 times.drain()
                 now = time.monotonic()
+                if watch.stalled(now):
+                    stalled = AudioStalledError(
+                        f"the audio device stopped calling back (JACK server gone?): no callback for {stall:g} s, "
+                        f"{engine.mixer.frame / sr:.1f} s into the set, which ends there: restart the audio server "
+                        "or reconnect the device, then start endless play again")
+                    out.shut(stalled=True)
+                    break
                 if status is not None and now - last_status > 0.25:  # a terminal write: not under the lock
                     status(engine, out)
                     last_status = now
@@ -229,7 +298,11 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     times.drain()
     st = engine.stats()
     calls = max(1, out.callbacks)
-    return PlaySummary(engine.mixer.frame / sr, out.underflows, sum(st.starvations), out.callbacks,
+    summary = PlaySummary(engine.mixer.frame / sr, out.underflows, sum(st.starvations), out.callbacks,
                        st.clips_dropped, recorder.overflows if recorder else 0, times.percentile(50),
                        times.percentile(99), times.max_us, engine.mixer.frame / calls / sr * 1e6,
                        tuple(times.underflow_times), times.first_ns, engine.mixer.audio_tid)
+    if stalled is not None:
+        stalled.summary = summary
+        raise stalled
+    return summary

@@ -211,13 +211,22 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_play(args: argparse.Namespace) -> int:
+    from instrument.audio import AudioStalledError, PlaySummary
     from instrument.live import Instrument
 
     with Instrument(play_config(args), _status_line if sys.stderr.isatty() else None) as inst:
-        summary = inst.run()
-        if sys.stderr.isatty():
-            sys.stderr.write("\n")
-        print(summary.line() + _gen_summary(inst.engine))
+        def done(summary: PlaySummary) -> None:
+            if sys.stderr.isatty():
+                sys.stderr.write("\n")
+            print(summary.line() + _gen_summary(inst.engine), flush=True)
+
+        try:
+            summary = inst.run()
+        except AudioStalledError as e:  # the set ended there: its summary, then the error's line (exit 6)
+            if e.summary is not None:
+                done(e.summary)
+            raise
+        done(summary)
     return 0
 
 

@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from instrument.audio import PlaySummary, device_rate, find_device, play
+from instrument.audio import AudioStalledError, PlaySummary, device_rate, find_device, play
 from instrument.build import build_engine
 from instrument.config import PlayConfig
 from instrument.control.actions import Actions
@@ -112,14 +112,23 @@ class Instrument:
             self.midi.tick()
 
     def run(self) -> PlaySummary:
-        """Play until `seconds` of output (or Ctrl-C); write `--stats`; return the summary."""
+        """Play until `seconds` of output (or Ctrl-C); write `--stats`; return the summary. A device
+        that stopped calling back raises AudioStalledError, its summary written to `--stats` too."""
         out = self.cfg.output
         status = self.status
-        summary = play(self.engine, self.device, out.blocksize, out.latency, self.cfg.seconds, self.recorder,
-                       (lambda e, _o: status(e)) if status is not None else None, ticks=[self._tick],
-                       wake=self.bus.wake)
+        stalled = None
+        try:
+            summary = play(self.engine, self.device, out.blocksize, out.latency, self.cfg.seconds, self.recorder,
+                           (lambda e, _o: status(e)) if status is not None else None, ticks=[self._tick],
+                           wake=self.bus.wake)
+        except AudioStalledError as e:
+            if e.summary is None:
+                raise
+            stalled, summary = e, e.summary
         if self.cfg.stats is not None:
             _write_stats(self.cfg.stats, summary)
+        if stalled is not None:
+            raise stalled
         return summary
 
     def close(self) -> None:
