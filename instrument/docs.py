@@ -73,7 +73,13 @@ def server_reference(prefix: str = DEFAULT_PREFIX) -> str:
     """Markdown for the server's own addresses, the actions (from `ACTIONS`, the one table MIDI
     bindings use too), the replies, and the status sent to subscribers."""
     from instrument.control.actions import ACTIONS
-    from instrument.control.osc import SERVER_ADDRESSES, STATUS_ADDRESSES
+    from instrument.control.osc import SERVER_ADDRESSES, STATUS_ADDRESSES, OscConfig
+    from instrument.control.osc.pattern import MAX_PATTERN
+    from instrument.control.osc.routes import FUTURE_SLACK
+    from instrument.control.osc.tcp import EVICT_IDLE, MAX_OUT, MAX_SLIP_FRAME
+    from instrument.control.osc.transport import MAX_UDP_REPLY
+
+    cfg = OscConfig()
 
     rows = ["## Server addresses", "", "| address | arguments | what it does |", "|---|---|---|"]
     rows += _rows(f"{prefix}/", SERVER_ADDRESSES)
@@ -87,6 +93,29 @@ def server_reference(prefix: str = DEFAULT_PREFIX) -> str:
              "or an action given a 0 (a button's release) does nothing, except `record`, where 0 stops. Text "
              "takes several arguments as words joined by spaces (Pure Data sends each word as its own symbol). "
              f"An action answers `{prefix}/done <address> <result>` where it has a result.",
+             "", "## Limits and safety", "",
+             "- **Where it listens.** OSC listens on loopback (127.0.0.1) unless `--listen` says otherwise. OSC has "
+             "no authentication: with `--listen 0.0.0.0` on a shared network, anyone who reaches the port plays "
+             "the instrument unless `--allow ADDR[/BITS]` names who may (loopback always may; every other packet "
+             "and TCP connection is refused).",
+             "- **Bundle timetags.** A bundle applies when it arrives; the server does not schedule. A timetag "
+             f"of \"immediately\" (1), the past, or up to {FUTURE_SLACK:g} s ahead of this machine's clock applies at once; "
+             "one further ahead is refused, every message of it answered with an error.",
+             f"- **Address patterns** are at most {MAX_PATTERN} characters and reach parameters only (not the server "
+             "addresses or actions); they are matched in linear time.",
+             "- **Type tags** python-osc does not parse (e.g. `S`, `c`) refuse the message with one error.",
+             f"- **Subscriptions.** At most {cfg.max_subscribers}. Over UDP a subscription lasts {cfg.subscribe_ttl:g} s: send `/subscribe` again to "
+             f"renew it (each renewal starts with the full dump); when it ends, `{prefix}/unsubscribed` says so. "
+             "Another port than the sender's own may be subscribed only from this machine (loopback). Over TCP "
+             "a subscription lasts as long as the connection.",
+             f"- **Replies over UDP** larger than one datagram ({MAX_UDP_REPLY:,} bytes) are not sent: an error names the "
+             f"address instead (use TCP for them); `{prefix}/sync/done <count>` counts the messages actually sent.",
+             f"- **TCP** (`--osc-tcp-port`, OSC 1.1 SLIP framing): at most {cfg.max_connections} connections; when full, the one that "
+             f"has sent nothing longest makes room if idle for {EVICT_IDLE:g} s, else the new one is told why and closed. A "
+             f"connection that sends nothing for {cfg.tcp_idle:g} s is closed (send `/ping` to keep it). A frame over "
+             f"{MAX_SLIP_FRAME // 1024} KB "
+             f"is dropped with an error. A client that does not read what it is sent is dropped once {MAX_OUT // 1024} KB wait "
+             "for it: it never delays anyone else.",
              "", "## Status (to subscribers)", "", "| address | value | meaning |", "|---|---|---|"]
     rows += _rows(f"{prefix}/status/", STATUS_ADDRESSES)
     return "\n".join(rows) + "\n"
