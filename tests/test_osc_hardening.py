@@ -282,7 +282,7 @@ def test_a_tcp_client_that_never_reads_does_not_delay_others(serve: Serve) -> No
         t0 = time.monotonic()
         client.until_pong(_ping_token(client, i), timeout=10)
         worst = max(worst, time.monotonic() - t0)
-    assert worst < 0.5, f"a pong took {worst:.2f} s"
+    assert worst < 0.8, f"a pong took {worst:.2f} s"
     assert (dropped or stuck.closed(5.0)) and server.stats.send_errors >= 1, "its buffer overflowed: dropped"
     stuck.close()
 
@@ -331,16 +331,16 @@ def test_a_reply_too_large_for_a_datagram_is_an_error_and_sync_counts_what_was_s
 # -- finding 12d: subscriptions expire unless renewed; another port only from loopback ---------------------------
 def test_a_subscription_expires_unless_renewed(serve: Serve) -> None:
     e = mix_engine()
-    server, client = serve(e, subscribe_ttl=1.0)
+    server, client = serve(e, subscribe_ttl=2.0)
     watcher = Client(server)
     try:
         watcher.exchange(("/endless/subscribe",))
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 1.6:  # renewed every 0.4 s: it stays
+        while time.monotonic() - t0 < 3.0:  # renewed every 0.3 s: it stays
             watcher.exchange(("/endless/subscribe",))
-            time.sleep(0.4)
+            time.sleep(0.3)
         assert len(server.subscribers()) == 1
-        time.sleep(1.2)
+        time.sleep(2.3)
         pump(server)
         got = [m for m in watcher.marker() if not m[0].startswith("/endless/status")]
         assert ("/endless/unsubscribed", []) in got and server.subscribers() == [], got
