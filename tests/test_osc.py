@@ -526,6 +526,24 @@ def test_record_goes_to_every_subscriber(serve: Any) -> None:
         other.close()
 
 
+def test_a_flood_of_changes_is_echoed_newest_per_parameter(serve: Any) -> None:
+    """10,000 changes to two faders while the sender is busy: subscribers get the newest value of
+    each, not a queue of 10,000 (which delayed pongs by a second, issue 12 finding 5)."""
+    e = mix_engine()
+    server, client = serve(e)
+    client.exchange(("/endless/subscribe",))
+    with e.lock:  # as the bus runs a flood of jobs, faster than the sender sends
+        for i in range(5000):
+            e.handle("/endless/master/gain", [-float(i % 50)])
+            e.handle("/endless/slot/1/gain", [-float(i % 40)])
+        e.handle("/endless/master/gain", [-7.0])
+    got = client.marker()
+    masters = [args for addr, args in got if addr == "/endless/master/gain"]
+    assert masters and masters[-1] == [-7.0]
+    assert len(masters) < 100  # coalesced: not one echo per change
+    assert [args for addr, args in got if addr == "/endless/slot/1/gain"][-1] == [-float(4999 % 40)]
+
+
 def test_actions_from_another_input_reach_osc_subscribers(serve: Any) -> None:
     """A take started from a MIDI button, or a control MIDI learn bound, is told to OSC subscribers."""
     e = mix_engine()

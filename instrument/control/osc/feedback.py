@@ -68,6 +68,7 @@ class _Out:
     msgs: tuple[Msg, ...]
     status: bool = False
     sync: bool = False  # a dump: ends with /sync/done and the count sent
+    echo: bool = False  # a marker: send the echoes pending now (`Feedback._echoes`)
 
 
 class Feedback:
@@ -91,6 +92,10 @@ class Feedback:
         self._status_refresh = True
         self._status_full_at = 0.0
         self._last_status: dict[str, tuple[Any, ...]] = {}
+        # echoes waiting for the sender, the newest per parameter: a flood of changes to one fader
+        # costs one message per send, and nothing queues without bound (one marker in the outbox)
+        self._echoes: dict[tuple[str, int | None], tuple[Msg, ...]] = {}
+        self._echo_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._send_loop, name="endless-osc-send", daemon=True)
@@ -167,8 +172,14 @@ class Feedback:
 
     def _changed(self, ref: Ref, value: Value) -> None:
         """Engine listener (whoever holds the engine lock): every accepted change, to subscribers."""
-        if self._subs:
-            self.to_all(*self.value_msgs(ref.param, ref.slot, value))
+        if not self._subs:
+            return
+        msgs = self.value_msgs(ref.param, ref.slot, value)
+        with self._echo_lock:
+            marker = not self._echoes
+            self._echoes[(ref.param.key, ref.slot)] = msgs
+        if marker:
+            self._outbox.put(_Out(None, (), echo=True))
 
     def value_msgs(self, p: Param, slot: int | None, value: Value) -> tuple[Msg, ...]:
         addr = p.address(self.prefix, slot)
@@ -247,6 +258,10 @@ class Feedback:
 
     def _deliver(self, item: _Out) -> None:
         msgs = self._changed_status(item.msgs) if item.status else item.msgs
+        if item.echo:
+            with self._echo_lock:
+                echoes, self._echoes = self._echoes, {}
+            msgs = tuple(m for ms in echoes.values() for m in ms)
         wire = self._wire
         dests = [d for d in ([item.dest] if item.dest is not None else self.subscribers()) if wire.alive(d)]
         if not dests:
