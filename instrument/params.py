@@ -33,6 +33,10 @@ Value = float | int | bool | str | tuple[float, ...]
 DEFAULT_PREFIX = "/endless"
 SILENCE_DB = -60.0  # a fader at or below this is off (amplitude 0)
 GLIDE_MAX = 600.0  # seconds: the longest glide a preset, a recall or a mapping may ask for
+# The longest prompt (or blend) a slot takes, in characters. TangoFlux's T5 reads 64 tokens of each
+# part (~300 characters of English) and drops the rest; 2000 leaves room for a blend of several
+# full-length parts, and keeps a request small (a 60 KB prompt once filled the worker's pipe).
+PROMPT_MAX_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Param:
     choices: tuple[str, ...] = ()
     target: Target = "mixer"
     cli: bool = False  # also a command-line flag (--<name>)
+    max_chars: int | None = None  # text: the longest value taken
 
     @property
     def name(self) -> str:
@@ -186,8 +191,9 @@ PARAMS: tuple[Param, ...] = (
     Param("slot/prompt", "slot", "text", "",
           "What the slot generates: text, or a weighted blend 'rain:0.7 | thunder:0.3' (conditioning is "
           "mixed, not audio). A change drops the queued clips, cancels the one in flight, and the first "
-          "new clip crossfades in as soon as it is made. Empty: the slot generates nothing.",
-          target="generator"),
+          "new clip crossfades in as soon as it is made. Empty: the slot generates nothing. At most "
+          f"{PROMPT_MAX_CHARS} characters (the model reads the first 64 tokens of each part).",
+          target="generator", max_chars=PROMPT_MAX_CHARS),
     Param("slot/weights", "slot", "weights", (),
           "Live weights of the slot's blend parts, one number >= 0 per part in prompt order (e.g. 0.2 0.8 "
           "for a two-part blend); the conditioning moves, new clips follow.", target="generator"),
@@ -324,9 +330,12 @@ class Registry:
                 return p.choices[int(a)]
             raise ParamError(f"{where}: {a!r} is not one of {', '.join(p.choices)} (or their index)")
         if p.kind == "text":
-            if isinstance(a, str):
-                return a
-            raise ParamError(f"{where}: {a!r} is not text")
+            if not isinstance(a, str):
+                raise ParamError(f"{where}: {_short(a)} is not text")
+            if p.max_chars is not None and len(a) > p.max_chars:
+                raise ParamError(f"{where}: {_short(a)} is {len(a)} characters: allowed at most {p.max_chars}; "
+                                 "shorten it (the model reads only the first 64 tokens of each part)")
+            return a
         x = _number(a, where)
         assert p.min is not None and p.max is not None
         if not p.min <= x <= p.max:
@@ -349,6 +358,12 @@ class Registry:
             else:
                 out[(p.key, None)] = p.default
         return out
+
+
+def _short(a: object) -> str:
+    """A value as an error names it: its repr, cut to 40 characters (a refused value may be huge)."""
+    text = repr(a)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _number(a: object, where: str) -> float:

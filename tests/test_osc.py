@@ -477,7 +477,7 @@ def test_ping_pong_and_large_datagrams(serve: Any) -> None:
     assert server.bus.wait(2.0) and pump(server) == 1
     client.sock.settimeout(2.0)
     assert parse(client.sock.recv(65536)) == [("/endless/pong", ["hello", 2, blob])]
-    long_prompt = "rain " * 6000  # 30 KB of text
+    long_prompt = "rain " * 400  # 2000 characters: the longest prompt a slot takes (params.PROMPT_MAX_CHARS)
     e = plan_engine()
     server2, client2 = serve(e)
     assert client2.exchange(("/endless/slot/1/prompt", long_prompt)) == []
