@@ -1,0 +1,260 @@
+"""Soak: does a long set stay clean, its memory flat and its recording whole?
+
+Two runs of the real CLI, as a user would run them, with the same control script (8 slots, one
+slot's prompt changed every 20 s, round robin over a list of prompts):
+
+  live     `endless play --model tiny --slots 8 --script S --record FILE --seconds N --stats F` on a
+           private `jackd -d dummy` (256 frames, 44.1 kHz, no realtime priority, as in CI), N = 600
+  offline  `endless render --model tiny --slots 8 --script S --seconds M --out FILE`, M = 7200 (two
+           hours of audio, faster than real time)
+
+Figures: underflows (PortAudio's output-underflow flags, from `--stats`) and, separately, the xruns
+the dummy driver itself reported on jackd's stderr; starvations; resident memory (VmRSS from
+/proc) of the main process and of the generator worker (its largest child) after warm-up (a third
+of the run, at most 60 s; `--warmup`) and at the end (the last sample while the worker ran), and
+their growth; the recording's length against the run's; the archive's
+size (null: the archive does not exist yet, issue 14).
+
+Targets: 0 underflows, RSS growth <= 5 % after warm-up, the recording complete (within a block).
+
+    .venv/bin/python benchmarks/soak.py                                  # 10 min live + 2 h offline
+    .venv/bin/python benchmarks/soak.py --seconds 60 --offline-seconds 120   # the make-test version
+
+The last line of stdout is JSON: {"bench": "soak", "runs": [{"mode", "seconds", "underflows",
+"starvations", "rss_start_mb", "rss_end_mb", "recorded_s", ...}, ...], "target_met": ...}.
+Note (offline): `render` holds the whole output in memory before writing it (2 h of stereo float32
+is 2.5 GB), so its RSS grows with the length by design; the figure shows it, the target is for live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import soundfile as sf
+from _jack import JackServer  # benchmarks/_jack.py (the script folder is on sys.path)
+
+ROOT = Path(__file__).resolve().parents[1]
+ENDLESS = ROOT / ".venv" / "bin" / "endless"
+RATE = 44100
+BLOCK = 256
+SLOTS = 8
+EVERY_S = 20.0
+PROMPTS = ("rain on a tin roof", "wind through pine trees", "distant thunder rolling", "a creek over stones",
+           "night insects in a field", "waves on a pebble beach", "a crackling campfire", "birdsong at dawn",
+           "city traffic far away", "a heavy storm:0.6 | soft rain:0.4")
+WROTE = re.compile(r"wrote .*?: .*? (\d+) starvations")
+XRUN = re.compile(r"xrun", re.IGNORECASE)
+
+
+def write_script(path: Path, seconds: float) -> int:
+    """One prompt change every EVERY_S seconds, slot after slot; returns the number of events."""
+    lines = []
+    t, k = EVERY_S, 0
+    while t < seconds:
+        lines.append(json.dumps({"t": t, "address": f"/endless/slot/{k % SLOTS + 1}/prompt",
+                                 "args": [PROMPTS[k % len(PROMPTS)]]}))
+        t, k = t + EVERY_S, k + 1
+    path.write_text("\n".join(lines) + "\n")
+    return len(lines)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def rss_mb(pid: int) -> float | None:
+    m = re.search(r"VmRSS:\s+(\d+) kB", _read(f"/proc/{pid}/status"))
+    return int(m.group(1)) / 1024 if m else None
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    task = f"/proc/{pid}/task"
+    for tid in os.listdir(task) if os.path.isdir(task) else []:
+        out += [int(c) for c in _read(f"{task}/{tid}/children").split()]
+    return out
+
+
+class Memory(threading.Thread):
+    """Samples the RSS of a process and of its children (the generator worker) every `every` s."""
+
+    def __init__(self, pid: int, every: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.t0 = time.monotonic()
+        self.samples: list[tuple[float, float, float]] = []  # (t, main MB, worker MB)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            main = rss_mb(self.pid)
+            if main is None:
+                return
+            worker = max((r for c in children(self.pid) if (r := rss_mb(c)) is not None), default=0.0)
+            self.samples.append((time.monotonic() - self.t0, main, worker))
+
+    def figures(self, warmup: float) -> dict[str, Any]:
+        """RSS after warm-up (the first sample at or after `warmup` s) and at the end (the last sample
+        while the worker still ran: not the shutdown), and their growth."""
+        top = max((s[2] for s in self.samples), default=0.0)
+        running = [s for s in self.samples if s[2] >= top / 2]
+        after = [s for s in running if s[0] >= warmup]
+        if len(after) < 2:
+            return {"rss_start_mb": None, "rss_end_mb": None, "worker_rss_start_mb": None,
+                    "worker_rss_end_mb": None, "rss_growth_pct": None, "worker_rss_growth_pct": None}
+        (_, m0, w0), (_, m1, w1) = after[0], after[-1]
+        return {"rss_start_mb": round(m0, 1), "rss_end_mb": round(m1, 1), "worker_rss_start_mb": round(w0, 1),
+                "worker_rss_end_mb": round(w1, 1), "rss_growth_pct": round(100 * (m1 - m0) / m0, 2),
+                "worker_rss_growth_pct": round(100 * (w1 - w0) / w0, 2) if w0 else None,
+                "rss_peak_mb": round(max(s[1] for s in after), 1)}
+
+
+def warmup_of(seconds: float, warmup: float | None = None) -> float:
+    return min(60.0, seconds / 3) if warmup is None else warmup
+
+
+class LoggedJack(JackServer):
+    """The benchmarks' JACK server with jackd's stderr kept, to count the dummy driver's own xruns."""
+
+    def __init__(self, log: Path) -> None:
+        super().__init__(BLOCK, RATE, "soak")
+        self.log = log
+
+    def __enter__(self) -> LoggedJack:
+        with open(self.log, "wb") as f:
+            self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+        subprocess.run(["jack_wait", "-s", self.name, "-w", "-t", "10"], env=self.env, check=True,
+                       capture_output=True, timeout=20)
+        return self
+
+    def xruns(self) -> int:
+        return sum(1 for line in self.log.read_text(errors="replace").splitlines() if XRUN.search(line))
+
+
+def run_live(seconds: float, work: Path, script: Path, warmup: float | None = None) -> dict[str, Any]:
+    rec: dict[str, Any] = {"mode": "live", "seconds": seconds}
+    stats, take = work / "stats.json", work / "live.wav"
+    with LoggedJack(work / "jackd.log") as server:
+        cmd = [str(ENDLESS), "play", "--model", "tiny", "--slots", str(SLOTS), "--script", str(script),
+               "--record", str(take), "--seconds", str(seconds), "--device", "system", "--latency", "low",
+               "--osc-port", "0", "--stats", str(stats)]
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=work)
+        mem = Memory(proc.pid)
+        mem.start()
+        try:
+            out, err = proc.communicate(timeout=seconds + 240)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            rec["error"] = "timed out"
+        mem.stop.set()
+        mem.join(5)
+        rec["wall_s"] = round(time.monotonic() - t0, 1)
+        rec["jackd_xruns"] = server.xruns()
+    rec |= mem.figures(warmup_of(seconds, warmup))
+    if proc.returncode != 0 and "error" not in rec:
+        rec["error"] = f"exit {proc.returncode}: " + (err.strip().splitlines() or ["no output"])[-1]
+    if stats.exists():
+        st = json.loads(stats.read_text())
+        rec |= {"played_s": round(st["seconds"], 3), "underflows": st["underflows"],
+                "starvations": st["starvations"], "clips_dropped": st["clips_dropped"],
+                "recorder_overflows": st["recorder_overflows"], "callback_p99_us": st["callback_p99_us"]}
+    rec["recorded_s"] = round(sf.info(str(take)).duration, 3) if take.exists() else None
+    rec["archive_mb"] = None  # the archive does not exist yet (issue 14)
+    rec["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    rec["tail"] = (out.strip().splitlines() or [""])[-1][:300]
+    return rec
+
+
+def run_offline(seconds: float, work: Path, script: Path, warmup: float | None = None) -> dict[str, Any]:
+    rec: dict[str, Any] = {"mode": "offline", "seconds": seconds, "underflows": 0}  # no device: none possible
+    out_file = work / "offline.wav"
+    cmd = [str(ENDLESS), "render", "--model", "tiny", "--slots", str(SLOTS), "--script", str(script),
+           "--seconds", str(seconds), "--out", str(out_file)]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work)
+    mem = Memory(proc.pid)
+    mem.start()
+    try:
+        out, err = proc.communicate(timeout=max(600.0, seconds * 2))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        rec["error"] = "timed out"
+    mem.stop.set()
+    mem.join(5)
+    wall = time.monotonic() - t0
+    rec["wall_s"] = round(wall, 1)
+    rec["x_real_time"] = round(seconds / wall, 2)
+    rec |= mem.figures(warmup_of(wall, warmup))
+    if proc.returncode != 0 and "error" not in rec:
+        rec["error"] = f"exit {proc.returncode}: " + (err.strip().splitlines() or ["no output"])[-1]
+    m = WROTE.search(out)
+    rec["starvations"] = int(m.group(1)) if m else None
+    rec["recorded_s"] = round(sf.info(str(out_file)).duration, 3) if out_file.exists() else None
+    rec["archive_mb"] = None
+    return rec
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    cols = ("mode", "seconds", "underflows", "jackd_xruns", "starvations", "rss_start_mb", "rss_end_mb",
+            "rss_growth_pct", "worker_rss_start_mb", "worker_rss_end_mb", "recorded_s", "archive_mb", "wall_s")
+    rows = [" ".join(f"{c:>12}" for c in cols)]
+    for r in runs:
+        rows.append(" ".join(f"{'-' if r.get(c) is None else r[c]!s:>12}" for c in cols)
+                    + (f"  FAILED: {r['error']}" if "error" in r else ""))
+    return "\n".join(rows)
+
+
+def met(r: dict[str, Any]) -> bool:
+    """The targets: no error, 0 underflows, RSS growth <= 5 % after warm-up (live), recording complete."""
+    complete = r.get("recorded_s") is not None and abs(r["recorded_s"] - r["seconds"]) <= BLOCK / RATE
+    growth_ok = r["mode"] == "offline" or (r.get("rss_growth_pct") is not None and r["rss_growth_pct"] <= 5.0)
+    return "error" not in r and r.get("underflows") == 0 and growth_ok and complete
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    ap.add_argument("--seconds", type=float, default=600.0, help="seconds of live play (default 600; 0: skip)")
+    ap.add_argument("--offline-seconds", type=float, default=7200.0,
+                    help="seconds of offline render (default 7200; 0: skip)")
+    ap.add_argument("--warmup", type=float,
+                    help="seconds of each run before its RSS counts as warm (default: a third of it, at most 60)")
+    args = ap.parse_args(argv)
+    if not ENDLESS.exists():
+        raise SystemExit(f"{ENDLESS} not found: run `make test` (or `make play`) first, which builds the venv")
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="soak_") as d:
+        work = Path(d)
+        script = work / "soak.jsonl"
+        n = write_script(script, max(args.seconds, args.offline_seconds))
+        print(f"script: {n} prompt changes, one every {EVERY_S:g} s over {SLOTS} slots", file=sys.stderr)
+        if args.seconds > 0:
+            runs.append(run_live(args.seconds, work, script, args.warmup))
+            print(f"live: {runs[-1]}", file=sys.stderr, flush=True)
+        if args.offline_seconds > 0:
+            runs.append(run_offline(args.offline_seconds, work, script, args.warmup))
+            print(f"offline: {runs[-1]}", file=sys.stderr, flush=True)
+    print(table(runs))
+    print(json.dumps({"bench": "soak", "runs": runs, "target_met": all(met(r) for r in runs)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
