@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,6 +42,15 @@ def client():  # type: ignore[no-untyped-def]
     c.stop()
 
 
+def watched(spec: WorkerSpec, **kw: Any) -> tuple[GeneratorClient, list[str]]:
+    """A started client whose event lines (restarts, failures) are kept in the list."""
+    c = GeneratorClient(spec, **kw)
+    events: list[str] = []
+    c.on_event = events.append
+    c.start()
+    return c, events
+
+
 def req(i: int, seed: int = 1, prompt: str = "rain on a roof", **kw: object) -> Request:
     return Request(i, 0, prompt, seed, int(kw.get("steps", 3)), 4.5, float(kw.get("seconds", 3.0)),
                    priority=bool(kw.get("priority", False)))
@@ -63,10 +73,12 @@ def test_worker_makes_normalised_clips_and_reports_progress(client: GeneratorCli
     # the worker runs below the instrument's priority (`endless play --generator-nice`, default 10)
     assert client.pid is not None
     assert os.getpriority(os.PRIO_PROCESS, client.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3)
-    if sys.platform == "linux":  # and in the idle class, every thread of it (torch's too): preempted at once
+    if sys.platform == "linux":  # and in the idle class, every thread of it (torch's too): preempted at once,
+        # but the heartbeat's, asleep but for a beat: starved, it would look like a hang (test_worker_faults.py)
         tids = [int(t) for t in os.listdir(f"/proc/{client.pid}/task")]
-        assert len(tids) > 1 and all(os.sched_getscheduler(t) == os.SCHED_IDLE for t in tids)
-        assert {os.getpriority(os.PRIO_PROCESS, t) for t in tids} == {os.getpriority(os.PRIO_PROCESS, client.pid)}
+        idle = [t for t in tids if os.sched_getscheduler(t) == os.SCHED_IDLE]
+        assert len(tids) > 2 and len(idle) == len(tids) - 1
+        assert {os.getpriority(os.PRIO_PROCESS, t) for t in idle} == {os.getpriority(os.PRIO_PROCESS, client.pid)}
     client.submit(req(2))  # the same seed and prompt: the same clip
     again = next(m for m in wait_for(client, (ClipReady,)) if isinstance(m, ClipReady))
     assert np.array_equal(again.clip.audio, clip.audio)
@@ -100,11 +112,8 @@ def test_killed_worker_restarts_and_resends(client: GeneratorClient) -> None:
 
 
 def test_hung_worker_is_restarted() -> None:
-    c = GeneratorClient(WorkerSpec(model="tiny", sample_rate=SR, threads=1, test_delay=30), hang_timeout=3,
+    c, events = watched(WorkerSpec(model="tiny", sample_rate=SR, threads=1, test_delay=30), hang_timeout=3,
                         backoff=(0.1,))
-    events: list[str] = []
-    c.on_event = events.append
-    c.start()
     try:
         c.submit(req(1))
         deadline = time.monotonic() + 60

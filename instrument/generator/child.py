@@ -1,5 +1,11 @@
 """The generator worker's own process: it owns the model (`worker.py` supervises it).
 
+A heartbeat thread counts up a shared counter for its whole life (and, while loading, also says
+so through the pipe), so the parent tells a stopped or frozen process from a busy one within
+seconds: a model load, a first CUDA compile and a slow step all beat on. It keeps the normal
+scheduling class (the rest of the worker is in the idle class) and needs no pipe, so a busy
+machine or a clip being written cannot hold a beat back.
+
 Load the pipeline, then loop: take requests (priority first), batch those with equal steps,
 generate with progress after every step, check for cancels between steps, post-process each clip
 (finite check, fades, loudness, resample) and send it back through the pipe. The model's modules
@@ -15,6 +21,7 @@ import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
+from typing import Any
 
 from instrument.errors import EndlessError
 from instrument.generator.errors import Cancelled
@@ -38,8 +45,9 @@ HEARTBEAT_SECONDS = 0.5
 
 
 class _Child:
-    def __init__(self, spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None:
+    def __init__(self, spec: WorkerSpec, inbox: Connection, outbox: Connection, beat: Any) -> None:
         self.spec = spec
+        self.beat = beat  # a shared unsigned counter the parent watches
         self.inbox = inbox
         self.outbox = outbox
         self.send_lock = threading.Lock()
@@ -51,6 +59,30 @@ class _Child:
     def send(self, msg: FromWorker) -> None:
         with self.send_lock:
             self.outbox.send(msg)
+
+    def announce(self, msg: Ready | Failed) -> None:
+        """The end of loading (ready, or a failure), after which no "loading" heartbeat may follow."""
+        with self.send_lock:
+            self.state = "ready" if isinstance(msg, Ready) else "failed"
+            self.outbox.send(msg)
+
+    def pulse(self) -> None:
+        """The heartbeat thread: the counter always; a "loading" message until the model is in."""
+        interval = min(HEARTBEAT_SECONDS, self.spec.heartbeat_timeout / 4)
+        while not self.stop:
+            time.sleep(interval)
+            self.beat.value += 1
+            with self.send_lock:
+                if self.state == "loading":
+                    self.outbox.send(Heartbeat("loading", time.time()))
+
+    def start_pulse(self) -> int:
+        """Start the heartbeat thread; returns its native thread id."""
+        t = threading.Thread(target=self.pulse, name="endless-heartbeat", daemon=True)
+        t.start()
+        while t.native_id is None:
+            time.sleep(0.001)
+        return t.native_id
 
     def drain(self, timeout: float = 0.0) -> None:
         """Read everything waiting in the inbox (waiting up to `timeout` for the first message)."""
@@ -90,23 +122,14 @@ class _Child:
 
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
-        beat = threading.Event()
-
-        def heartbeat() -> None:  # only while loading: the main loop is busy in load_pipeline
-            while not beat.wait(HEARTBEAT_SECONDS):
-                self.send(Heartbeat("loading", time.time()))
-
         t0 = time.perf_counter()
-        hb = threading.Thread(target=heartbeat, daemon=True)
-        hb.start()
         try:
             pipe = load_pipeline(self.spec.model, device=self.spec.device, dtype=getattr(torch, self.spec.dtype),
                                  vae_dtype=getattr(torch, self.spec.vae_dtype),
                                  allow_download=self.spec.allow_download)
         except Exception as e:
-            beat.set()
             fatal = isinstance(e, EndlessError)
-            self.send(Failed(str(e) if fatal else f"loading the model failed: {e!r}", fatal=True))
+            self.announce(Failed(str(e) if fatal else f"loading the model failed: {e!r}", fatal=True))
             return
         device = str(pipe.device)
         if self.spec.coreml:
@@ -124,9 +147,7 @@ class _Child:
             pipe.compile("reduce-overhead")
             for n in sizes:  # compile and capture each batch size now, not in the middle of a set
                 pipe([ClipRequest("warm up", seed=0, duration=1.0)] * n, steps=2)
-        beat.set()
-        hb.join()
-        self.send(Ready(pipe.name, device, str(pipe.dtype).replace("torch.", ""), self.spec.sample_rate,
+        self.announce(Ready(pipe.name, device, str(pipe.dtype).replace("torch.", ""), self.spec.sample_rate,
                         time.perf_counter() - t0))
         while not self.stop:
             self.drain(HEARTBEAT_SECONDS if not self.queue else 0.0)
@@ -171,17 +192,20 @@ class _Child:
                 self.send(ClipReady(r.id, r.slot, r.generation, clip, len(batch), lufs))
 
 
-def _lower_priority(nice: int) -> None:
+def _lower_priority(nice: int, keep: int) -> None:
     """Nice the worker by `nice`, and on Linux put it in the idle scheduling class: a niced task
     still gets a share of a busy CPU and may run on while jackd and our audio thread wait; an
     idle-class one is preempted the moment they wake (benchmarks/bench_live.py). Linux keeps both
     per thread: every thread that exists now (the spawn start-up leaves one) is set, and torch's,
-    started later, inherit them."""
+    started later, inherit them. Thread `keep` (the heartbeat, asleep but for a few microseconds a
+    beat) is left as it is: a starved heartbeat would look like a hang."""
     with contextlib.suppress(OSError):
         os.nice(nice)
     tids = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else []
     me = threading.get_native_id()
     for tid in tids:
+        if tid == keep:
+            continue
         with contextlib.suppress(OSError):
             if tid != me:
                 os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, me))
@@ -189,11 +213,12 @@ def _lower_priority(nice: int) -> None:
                 os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
 
 
-def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None:
+def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection, beat: Any) -> None:
     """Entry point of the spawned process."""
-    child = _Child(spec, inbox, outbox)
+    child = _Child(spec, inbox, outbox, beat)
+    heartbeat = child.start_pulse()
     if spec.nice > 0 and hasattr(os, "nice"):  # the model may wait; the audio callback and a fader must not
-        _lower_priority(spec.nice)
+        _lower_priority(spec.nice, keep=heartbeat)
     try:
         child.run()
     except (EOFError, BrokenPipeError, KeyboardInterrupt):

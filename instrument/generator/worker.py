@@ -1,23 +1,25 @@
 """The generator worker's supervisor in the instrument: it spawns the process (`child.py`) that
-owns the model, and talks to it through the messages in `protocol.py`.
+owns the model, and talks to it through the messages in `protocol.py`, over a `Link` (`link.py`:
+a reader and a sender thread, so neither side ever blocks on the other's pipe).
 
 `GeneratorClient` is a small state machine driven from the control thread by `poll()`:
-starting -> loading -> ready <-> busy; if the child dies or goes silent for `hang_timeout` it is
-killed and restarted with backoff, and the requests it held are sent again (same seeds, so the
-same clips). A fatal load error (no weights) stops restarts and is reported once.
+starting -> loading -> ready <-> busy. The child is killed and restarted with backoff when it
+dies, when its heartbeats stop for `spec.heartbeat_timeout` s (stopped, frozen: its heartbeat
+thread beats through long work, a model load or a compile included), or when it makes no
+progress for `hang_timeout` s; the requests it held are sent again (same seeds, so the same
+clips). A fatal load error (no weights) stops restarts and is reported once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing as mp
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from typing import Any
 
 from instrument.generator.child import worker_main
+from instrument.generator.link import Link
 from instrument.generator.protocol import (
     Cancel,
     ClipReady,
@@ -44,6 +46,8 @@ class GeneratorClient:
 
     def __init__(self, spec: WorkerSpec, hang_timeout: float = 120.0, load_timeout: float = 600.0,
                  backoff: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)) -> None:
+        """`hang_timeout`: longest wait for any message while ready or busy (a step that never ends);
+        `load_timeout`: the same while loading, and until the first heartbeat after a spawn."""
         self.spec = spec
         self.hang_timeout = hang_timeout
         self.load_timeout = load_timeout
@@ -56,8 +60,10 @@ class GeneratorClient:
         self.outstanding: dict[int, Request] = {}  # sent and not yet answered
         self._ctx = mp.get_context("spawn")
         self._proc: Any = None
-        self._to: Connection | None = None
-        self._from: Connection | None = None
+        self._link: Link | None = None
+        self._beat: Any = None  # the child's heartbeat counter (shared memory: no pipe, no lock)
+        self._beat_seen = 0
+        self._beat_at = 0.0
         self._last_msg = 0.0
         self._restart_at = 0.0
         self._failures = 0
@@ -65,27 +71,29 @@ class GeneratorClient:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
-        child_in, self._to = self._ctx.Pipe(duplex=False)
-        self._from, child_out = self._ctx.Pipe(duplex=False)
-        self._proc = self._ctx.Process(target=worker_main, args=(self.spec, child_in, child_out),
+        child_in, to_child = self._ctx.Pipe(duplex=False)
+        from_child, child_out = self._ctx.Pipe(duplex=False)
+        self._beat = self._ctx.RawValue("Q", 0)
+        self._beat_seen = 0
+        self._proc = self._ctx.Process(target=worker_main, args=(self.spec, child_in, child_out, self._beat),
                                        name="endless-generator", daemon=True)
         self._proc.start()
         child_in.close()
         child_out.close()
+        self._link = Link(to_child, from_child)
         self.state = "loading"
-        self._last_msg = time.monotonic()
+        self._last_msg = self._beat_at = time.monotonic()
 
     def stop(self, timeout: float = 5.0) -> None:
         if self._proc is None:
             return
-        if self._to is not None:
-            with contextlib.suppress(OSError):
-                self._to.send(Shutdown())
+        if self._link is not None:
+            self._link.send(Shutdown())
         self._proc.join(timeout)
         if self._proc.is_alive():
             self._proc.kill()
             self._proc.join(2)
-        self._close_pipes()
+        self._close_link()
         self._proc = None
         self.state = "stopped"
 
@@ -99,22 +107,29 @@ class GeneratorClient:
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
-    def _close_pipes(self) -> None:
-        for c in (self._to, self._from):
-            if c is not None:
-                c.close()
-        self._to = self._from = None
+    def _close_link(self) -> list[FromWorker]:
+        """Close the link to a child that is gone; what it had sent and nobody took, tracked."""
+        left = self._link.close() if self._link is not None else []
+        self._link = None
+        for msg in left:
+            self._track(msg)
+        return left
 
-    def _restart(self, why: str) -> None:
+    def _restart(self, why: str) -> list[FromWorker]:
+        """Kill the child and restart it after the backoff; returns the whole messages it had sent
+        before it went, so a clip it finished is delivered, not made twice."""
         self.kill()
-        self._close_pipes()
+        left = self._close_link()
         self._proc = None
+        if self.state == "failed":  # its last word was a fatal error: no restart
+            return left
         delay = self.backoff[min(self._failures, len(self.backoff) - 1)]
         self._failures += 1
         self.restarts += 1
         self.state = "restarting"
         self._restart_at = time.monotonic() + delay
         self.on_event(f"generator {why}; restarting in {delay:g} s (the instrument keeps playing)")
+        return left
 
     # -- requests --------------------------------------------------------------------------------
     def submit(self, req: Request) -> None:
@@ -128,10 +143,9 @@ class GeneratorClient:
             self._send(Cancel(ids))
 
     def _send(self, msg: ToWorker) -> None:
-        if self._to is None or self.state in ("restarting", "failed", "stopped"):
+        if self._link is None or self.state in ("restarting", "failed", "stopped"):
             return  # resent after the restart
-        with contextlib.suppress(OSError):  # a dead child: poll() notices and restarts it
-            self._to.send(msg)
+        self._link.send(msg)  # never blocks: a dead or stopped child is found by poll()
 
     # -- the pump --------------------------------------------------------------------------------
     def poll(self, timeout: float = 0.0) -> list[FromWorker]:
@@ -141,17 +155,11 @@ class GeneratorClient:
             self.start()
             for req in sorted(self.outstanding.values(), key=lambda r: (not r.priority, r.id)):
                 self._send(req)
-        if self._from is None or self.state in ("failed", "stopped", "restarting"):
+        if self._link is None or self.state in ("failed", "stopped", "restarting"):
             if timeout:
                 time.sleep(min(timeout, 0.05))
             return []
-        out: list[FromWorker] = []
-        try:
-            while self._from.poll(timeout):
-                timeout = 0.0
-                out.append(self._from.recv())
-        except (EOFError, OSError):
-            pass
+        out = self._link.take(timeout)
         now = time.monotonic()
         if out:
             self._last_msg = now
@@ -159,13 +167,25 @@ class GeneratorClient:
             self._track(msg)
         if self.state in ("failed", "stopped"):
             return out
-        if not self._proc.is_alive():
-            self._restart(f"process died (exit code {self._proc.exitcode})")
-        else:
-            limit = self.load_timeout if self.state == "loading" else self.hang_timeout
-            if now - self._last_msg > limit:
-                self._restart(f"silent for {now - self._last_msg:.0f} s (hung)")
+        why = self._trouble(now)
+        if why:
+            out += self._restart(why)
         return out
+
+    def _trouble(self, now: float) -> str:
+        """Why the child must be restarted now, or "" if it is well."""
+        if not self._proc.is_alive():
+            return f"process died (exit code {self._proc.exitcode})"
+        beat = self._beat.value
+        if beat != self._beat_seen:
+            self._beat_seen, self._beat_at = beat, now
+        elif beat and now - self._beat_at > self.spec.heartbeat_timeout:  # before the first: still starting
+            return (f"worker missed its heartbeats for {now - self._beat_at:.1f} s (stopped or frozen), "
+                    f"killed it")
+        limit = self.load_timeout if self.state == "loading" or not beat else self.hang_timeout
+        if now - self._last_msg > limit:
+            return f"silent for {now - self._last_msg:.0f} s (hung)"
+        return ""
 
     def _track(self, msg: FromWorker) -> None:
         if isinstance(msg, Ready):
@@ -190,5 +210,5 @@ class GeneratorClient:
                 self.on_event(f"generator failed: {msg.message}")
             else:
                 self.on_event(msg.message)
-        elif isinstance(msg, Heartbeat) and self.state != "busy":
+        elif isinstance(msg, Heartbeat) and self.state not in ("busy", "failed"):
             self.state = msg.state
