@@ -146,12 +146,14 @@ class PlaySummary:
     underflow_times_ns: tuple[int, ...] = ()  # when the flagged callbacks ran (CLOCK_MONOTONIC)
     first_callback_ns: int = 0  # when the first callback ran (CLOCK_MONOTONIC)
     audio_tid: int = 0  # Linux: the callback's thread id
+    recording_errors: tuple[str, ...] = ()  # recordings the disk refused ("recording stopped: disk full after ...")
 
     def line(self) -> str:
         return (f"played {self.seconds:.1f} s: {self.underflows} underflows, {self.starvations} starvations, "
                 f"{self.clips_dropped} clips dropped, {self.recorder_overflows} recorder overflows; "
                 f"callback median {self.callback_median_us:.0f} us, p99 {self.callback_p99_us:.0f} us, "
-                f"max {self.callback_max_us:.0f} us of a {self.period_us:.0f} us period")
+                f"max {self.callback_max_us:.0f} us of a {self.period_us:.0f} us period"
+                + "".join(f"; {e}" for e in self.recording_errors))
 
 
 class Output:
@@ -301,7 +303,8 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     summary = PlaySummary(engine.mixer.frame / sr, out.underflows, sum(st.starvations), out.callbacks,
                        st.clips_dropped, recorder.overflows if recorder else 0, times.percentile(50),
                        times.percentile(99), times.max_us, engine.mixer.frame / calls / sr * 1e6,
-                       tuple(times.underflow_times), times.first_ns, engine.mixer.audio_tid)
+                       tuple(times.underflow_times), times.first_ns, engine.mixer.audio_tid,
+                       (recorder.error,) if recorder is not None and recorder.error is not None else ())
     if stalled is not None:
         stalled.summary = summary
         raise stalled

@@ -125,9 +125,11 @@ class Instrument:
             if e.summary is None:
                 raise
             stalled, summary = e, e.summary
+        summary = dataclasses.replace(summary, recording_errors=summary.recording_errors + self.recording.errors)
         if self.cfg.stats is not None:
             _write_stats(self.cfg.stats, summary)
         if stalled is not None:
+            stalled.summary = summary
             raise stalled
         return summary
 

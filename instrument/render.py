@@ -3,11 +3,17 @@
 `render()` runs the mixer block by block as fast as it can, applying script events at their
 exact frames and topping up clip queues between blocks. `Recorder` taps the live output through a
 tap ring the audio thread writes and writes WAV/FLAC from its own thread, never from the callback.
+A write the disk refuses (full, over quota) ends the take, not the set: the file is closed whole up
+to there, the error is logged once and kept (`Recorder.error`) for the stop's answer and the
+summary. A take (`RecordSwitch`) is always a new file in the record folder itself: a name with a
+folder in it, or one already there (a link included, dangling or not), is refused.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +38,46 @@ def check_output_path(path: Path) -> tuple[str, str]:
     if not path.parent.exists():
         raise ConfigError(f"{path}: folder {path.parent} does not exist: create it first")
     return fmt
+
+
+_WHY = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only disk",
+        errno.EFBIG: "file size limit reached", errno.EIO: "disk I/O error (disk removed?)"}
+
+
+def _why(e: BaseException, sink: _Sink | None = None) -> str:
+    """What went wrong in a few words: the OS error behind it where there is one."""
+    os_error = sink.error if sink is not None and sink.error is not None else e
+    if isinstance(os_error, OSError) and os_error.errno is not None:
+        return _WHY.get(os_error.errno, os_error.strerror or str(os_error))
+    return str(e)
+
+
+class _Sink:
+    """The sound file's file, written through Python so that a refused write keeps its OS error
+    (libsndfile itself only says "System error")."""
+
+    def __init__(self, fd: int) -> None:
+        self._f = os.fdopen(fd, "wb", buffering=0)
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        """Write all of `data` (a short write is retried, so a full disk says so); returns the bytes written."""
+        view, done = memoryview(data), 0
+        try:
+            while done < len(view) and (n := self._f.write(view[done:])):
+                done += n
+        except OSError as e:
+            self.error = e
+        return done
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        self._f.close()
 
 
 def render(engine: Engine, seconds: float, blocksize: int = 512,
@@ -80,15 +126,29 @@ def write_audio(path: Path, audio: np.ndarray, sample_rate: int) -> None:
 class Recorder:
     """Writes the live output to a sound file: the audio thread copies each block into the mixer's
     tap ring (never blocking: a block that does not fit is dropped and counted in `overflows`), and
-    a writer thread drains the ring into the file. `frames`: stop after that many (-1: at close)."""
+    a writer thread drains the ring into the file. `frames`: stop after that many (-1: at close).
+    `exclusive`: the file must be new (a take), and a link there is refused, never followed. A write
+    the disk refuses closes the file (whole up to there), sets `error` and logs it; the tap's frames
+    are then taken and dropped until `close()`."""
 
-    def __init__(self, path: Path, mixer: Mixer, frames: int = -1) -> None:
+    def __init__(self, path: Path, mixer: Mixer, frames: int = -1, exclusive: bool = False) -> None:
         fmt, subtype = check_output_path(path)
         if mixer.tap_owner is not None:
             raise ConfigError(f"already recording to {getattr(mixer.tap_owner, 'path', '?')}: stop that first")
         self.path = path
         self.mixer = mixer
-        self._file = sf.SoundFile(str(path), "w", mixer.sr, 2, subtype, format=fmt)
+        self.error: str | None = None
+        self._sink = _open(path, exclusive)
+        try:
+            self._file = sf.SoundFile(self._sink, "w", mixer.sr, 2, subtype, format=fmt)  # type: ignore[arg-type]
+            if self._sink.error is not None:
+                self._file.close()
+                raise self._sink.error
+        except (RuntimeError, OSError) as e:  # the header could not be written
+            self._sink.close()
+            path.unlink(missing_ok=True)  # ours: `_open` made it (or emptied it)
+            raise ConfigError(f"{path}: cannot record: {_why(e, self._sink)}: free space in {path.parent} "
+                              "or record elsewhere") from None
         self._overflows0 = mixer.tap_overflows
         if not mixer.tap_start(frames):
             self._file.close()
@@ -98,18 +158,46 @@ class Recorder:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="endless-recorder", daemon=True)
         self.frames_written = 0
+        self.frames_taken = 0  # from the tap ring: written, or dropped after a refused write
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        try:
+            while not self._stop.is_set():
+                self._drain()
+                time.sleep(0.05)
             self._drain()
-            time.sleep(0.05)
-        self._drain()
+        except (RuntimeError, OSError) as e:  # the disk refused a write: the take ends, the set goes on
+            frames = self.frames_written
+            try:
+                self._file.close()  # the header says what the file holds
+                frames = sf.info(str(self.path)).frames
+            except (RuntimeError, OSError) as e2:
+                log.debug("closing %s after the error: %s", self.path, e2)
+            self.error = (f"recording stopped: {_why(e, self._sink)} after {frames / self.mixer.sr:.1f} s "
+                          f"({self.path} is whole up to there; free space to record again)")
+            log.error("%s", self.error)
+            while not self._stop.is_set():  # keep the tap ring empty: nothing is blamed on the disk's speed
+                self._drain(write=False)
+                time.sleep(0.05)
+            self._drain(write=False)
 
-    def _drain(self) -> None:
+    def _drain(self, write: bool = True) -> None:
         while len(data := self.mixer.tap_read()):
+            self.frames_taken += len(data)
+            if write:
+                self._write(data)
+                self.frames_written += len(data)
+
+    def _write(self, data: np.ndarray) -> None:
+        """Write frames; raises the OS error of a write the disk refused."""
+        try:
             self._file.write(data)
-            self.frames_written += len(data)
+        except AssertionError:  # soundfile's check that all was written: the sink knows why not
+            if self._sink.error is None:
+                raise
+        if self._sink.error is not None:
+            raise self._sink.error
 
     @property
     def overflows(self) -> int:
@@ -125,42 +213,81 @@ class Recorder:
                 time.sleep(0.005)
         self._stop.set()
         self._thread.join(timeout=10)
-        self._file.close()
+        try:
+            self._file.close()
+        except (RuntimeError, OSError) as e:  # the last frames or the header refused
+            self.error = self.error or f"recording stopped: {_why(e, self._sink)} at its end ({self.path})"
+            log.error("%s", self.error)
+        finally:
+            self._sink.close()
         m.tap_owner = None
-        if self.overflows:
+        if self.overflows and self.error is None:
             log.warning("recorder dropped %d blocks (the disk could not keep up)", self.overflows)
+
+
+def _open(path: Path, exclusive: bool) -> _Sink:
+    """The file a recording writes: new (`exclusive`: O_EXCL, so a link there, even a dangling one,
+    is refused, never followed), or created or emptied. Errors are one line."""
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    flags |= os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) if exclusive else os.O_TRUNC
+    try:
+        return _Sink(os.open(path, flags, 0o644))
+    except FileExistsError:
+        what = "a link" if path.is_symlink() else "a file"
+        raise ConfigError(f"{path} exists ({what}): give another name") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot record: {_why(e)}: check the folder, or record elsewhere") from None
 
 
 class RecordSwitch:
     """The record action (`/endless/record`, a MIDI button): start and stop takes of the live output
-    in `folder`. Called holding the engine lock; a take started before the stream taps from its
-    first frame."""
+    in `folder`, each a new file in that folder itself (the folder as it resolved when the set
+    began). Called holding the engine lock; a take started before the stream taps from its first
+    frame. A take the disk refused answers its stop with that error; `errors` keeps them."""
 
     def __init__(self, folder: Path, mixer: Mixer) -> None:
         self.folder = folder
+        self.root = folder.resolve()
         self.mixer = mixer
         self.rec: Recorder | None = None
+        self._errors: list[str] = []
 
     @property
     def active(self) -> bool:
         return self.rec is not None
 
+    @property
+    def errors(self) -> tuple[str, ...]:
+        """The takes the disk refused, this one included while it runs."""
+        now = () if self.rec is None or self.rec.error is None else (self.rec.error,)
+        return tuple(self._errors) + now
+
     def __call__(self, start: bool, name: str | None) -> str:
         if start:
             if self.rec is not None:
                 raise ConfigError(f"already recording to {self.rec.path}: send /endless/record 0 first")
-            path = self.folder / (name or time.strftime("endless-%Y%m%d-%H%M%S.wav"))
-            if path.exists():
-                raise ConfigError(f"{path} exists: give another name")
-            self.rec = Recorder(path, self.mixer)
-            return str(path)
+            name = name or time.strftime("endless-%Y%m%d-%H%M%S.wav")
+            if name != os.path.basename(name) or name.startswith(".") or "\\" in name or "\0" in name:
+                raise ConfigError(f"{name!r}: not a recording file name: give a file name like take1.wav, "
+                                  "without folders")
+            if self.folder.resolve() != self.root:
+                raise ConfigError(f"the record folder {self.folder} now leads to {self.folder.resolve()}, not "
+                                  f"{self.root}: put the folder back, or restart with --record-dir")
+            self.rec = Recorder(self.root / name, self.mixer, exclusive=True)
+            return str(self.rec.path)
         if self.rec is None:
             raise ConfigError("not recording: send /endless/record 1 [name] first")
         rec, self.rec = self.rec, None
         rec.close()
+        if rec.error is not None:
+            self._errors.append(rec.error)
+            raise ConfigError(rec.error)
         return str(rec.path)
 
     def close(self) -> None:
-        """The end of the set: finish a take still running."""
+        """The end of the set: finish a take still running (an error is in `errors` and the log)."""
         if self.rec is not None:
-            self(False, None)
+            rec, self.rec = self.rec, None
+            rec.close()
+            if rec.error is not None:
+                self._errors.append(rec.error)
