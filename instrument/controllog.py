@@ -6,6 +6,8 @@ performance. Its own module, not script.py's: it watches the engine, which itsel
 
 from __future__ import annotations
 
+import errno
+import logging
 import queue
 import threading
 from pathlib import Path
@@ -17,6 +19,8 @@ from instrument.params import Param, Ref, Value
 from instrument.script import Event
 
 __all__ = ["ControlLog"]
+
+log = logging.getLogger(__name__)
 
 
 class ControlLog:
@@ -30,6 +34,8 @@ class ControlLog:
             self._f: IO[str] = path.open("w", buffering=1)
         except OSError as e:
             raise ScriptError(f"--log-control {path}: cannot write ({e.strerror}): check the folder") from None
+        self.path = path
+        self.failed = False  # a write was refused: nothing more is written
         self.engine = engine
         self._q: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         for (key, slot), value in sorted(engine.values.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
@@ -51,15 +57,32 @@ class ControlLog:
         self._q.put(Event(t, ref.param.address(self.engine.registry.prefix, ref.slot), args))
 
     def _write(self) -> None:
+        """Write each change as it comes; a write the disk refuses ends the log (said once), never
+        the set: the changes after it are taken and dropped."""
         while (ev := self._q.get()) is not None:
-            self._f.write(ev.to_json() + "\n")
+            if not self.failed:
+                try:
+                    self._f.write(ev.to_json() + "\n")
+                except OSError as e:
+                    self._failed(e)
+
+    def _failed(self, e: OSError) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        log.error("--log-control %s: stopped writing (%s): the changes before it are there; the set goes on",
+                  self.path, why)
 
     def close(self) -> None:
         if self._changed in self.engine.listeners:
             self.engine.listeners.remove(self._changed)
         self._q.put(None)
         self._thread.join(timeout=10)
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError as e:  # the last lines refused (the writer saw no error yet)
+            self._failed(e)
 
 
 def _args(p: Param, value: Value) -> tuple[object, ...] | None:

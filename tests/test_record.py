@@ -3,6 +3,7 @@ record folder (finding 10). The disk is a real 2 MB tmpfs (root only: skipped, s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -248,3 +249,27 @@ def test_a_set_on_a_full_disk_plays_on_and_says_so(jack_env: dict[str, str], sma
                 "--record", str(small_disk / "set.wav"), env=jack_env, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("endless: error:"), r.stderr
     assert "set.wav: cannot record: disk full" in r.stderr and not (small_disk / "set.wav").exists()
+
+
+@pytest.mark.timeout(60)
+def test_the_control_log_on_a_full_disk_says_so_once_and_the_set_goes_on(
+        small_disk: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--log-control` on a disk that fills: its writer thread died with a traceback and the queue
+    grew for the rest of the set. Now one line says so, and the changes after it are dropped."""
+    from instrument.controllog import ControlLog
+
+    died: list[object] = []
+    monkeypatch.setattr(threading, "excepthook", died.append)
+    e = noise_engine()
+    log_path = small_disk / "control.jsonl"
+    with caplog.at_level(logging.WARNING):
+        clog = ControlLog(log_path, e)
+        with (small_disk / "filler").open("wb", buffering=0) as f, contextlib.suppress(OSError):
+            while f.write(b"\0" * 4096):  # until the disk is full
+                pass
+        for i in range(20000):
+            e.handle("/endless/master/gain", [-(i % 40)])
+        clog.close()
+    assert died == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and str(log_path) in lines[0] and "disk full" in lines[0], lines
