@@ -273,3 +273,23 @@ def test_the_control_log_on_a_full_disk_says_so_once_and_the_set_goes_on(
     assert died == []
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and str(log_path) in lines[0] and "disk full" in lines[0], lines
+
+
+@pytest.mark.parametrize("replaced", [False, True])
+def test_midi_learn_saves_over_a_link_never_through_it(tmp_path: Path, replaced: bool) -> None:
+    """MIDI learn writes its mapping file the same way (a temporary file renamed over the name): a
+    link where the file goes is replaced, and a file it points at is left alone."""
+    from instrument.control.learn import save_learned
+    from instrument.control.mapfile import Binding, Mapping
+
+    folder, outside = tmp_path / "maps", tmp_path / "elsewhere"
+    folder.mkdir()
+    outside.mkdir()
+    (outside / "learned.toml").write_text("keep")
+    link = folder / "learned.toml"
+    link.symlink_to(outside / "learned.toml")
+    b = Binding("cc", 7, "master/gain")
+    m = Mapping(path=link, controls=[b])
+    assert save_learned(m, b, replaced, link) == link
+    assert not link.is_symlink() and "master/gain" in link.read_text()
+    assert (outside / "learned.toml").read_text() == "keep"
