@@ -121,3 +121,24 @@ def test_the_jack_server_dying_ends_play_with_one_line(jack: Jack, tmp_path: Pat
     assert out.startswith("played "), out  # the set's summary, as at any end
     audio, sr = sf.read(rec)  # the recording is a whole file, up to where the audio stopped
     assert sr == 44100 and 1.5 * sr < len(audio) < 30 * sr
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_after_the_jack_server_died_does_not_hang(jack: Jack) -> None:
+    """Before: Ctrl-C hung inside PortAudio's stop once the server was gone. The stop now runs with
+    a time limit, and PortAudio's exit handler is left out when it hung."""
+    proc = _play(jack)
+    try:
+        _wait_playing(jack, proc)
+        os.kill(jack.proc.pid, signal.SIGKILL)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=15)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert took < 10 and proc.returncode in (0, 6, 130), (took, proc.returncode, err)
+    assert "Traceback" not in err, err
