@@ -8,8 +8,9 @@ value within its registry range and finite, the rendered audio finite and at mos
 bug counted by the routes or the bus, no traceback logged, the bus empty after a drain, and the
 server still answers.
 
-Open findings in the OSC code (instrument/control/osc/, another agent's) are kept below as strict
-xfail tests, each with its reason; the main test leaves those out of what it asserts (`KNOWN`).
+What the fuzzer found is fixed, each with its own test below: a reply carrying a float beyond
+float32 (a ping's argument echoed) could not be encoded; a flood of refused packets queued replies
+without bound.
 """
 
 from __future__ import annotations
@@ -38,9 +39,6 @@ from tests.fuzz_rig import (
 
 SEED = 20240612
 BULK = 100_000
-# Open findings in another agent's code, left out of what the main tests assert and kept as strict
-# xfail tests below: the feedback sender cannot encode a reply carrying a number beyond float32.
-KNOWN = ("OverflowError: float too large to pack with f format",)
 
 
 @pytest.fixture
@@ -54,8 +52,8 @@ def _problems(rig: OscRig, lines: LogLines, seconds: float) -> list[str]:
     """The invariants: values, bus, audio, no bug but the known ones, no traceback logged, and a
     bounded log (rate-limited: a few lines a second, whatever the input)."""
     problems = [p for p in rig.problems() if "handler exceptions" not in p]
-    problems += [f"{where}: {what}" for where, what in rig.bugs if what not in KNOWN]
-    problems += [t for t in lines.tracebacks if not any(k in t for k in KNOWN)]
+    problems += [f"{where}: {what}" for where, what in rig.bugs]
+    problems += lines.tracebacks
     if lines.count > 20 + 20 * seconds:
         problems.append(f"{lines.count} log lines in {seconds:.0f} s")
     return problems
@@ -169,10 +167,7 @@ def test_fuzzed_packets_over_udp_and_tcp_slip(rig: OscRig) -> None:
     assert rig.server.stats.packets > 500  # through the transport, not only the routes
 
 
-# == open findings (the OSC code is another agent's): strict xfail, each with its reason ==========
-@pytest.mark.xfail(strict=True, reason="finding (OSC feedback, instrument/control/osc/): the sender thread "
-                   "cannot encode a reply carrying a number beyond float32 (python-osc packs every float as 'f'): "
-                   "OverflowError, counted as a bug, the reply lost")
+# == findings the fuzzer made, fixed: each failed before its fix ==========================================
 def test_the_sender_encodes_every_reply_to_fuzzed_packets(rig: OscRig) -> None:
     rng = random.Random(SEED + 2)
     for data in osc_corpus(rng, osc_addresses(rig.engine.registry), 20000):
@@ -181,10 +176,6 @@ def test_the_sender_encodes_every_reply_to_fuzzed_packets(rig: OscRig) -> None:
     assert not rig.bugs, rig.bugs[:3]
 
 
-@pytest.mark.xfail(strict=True, reason="finding (OSC feedback, queues bounded): the sender's outbox "
-                   "(Feedback._outbox) is an unbounded queue.Queue; a flood of refused packets queues one "
-                   "/error reply each faster than the sender thread builds and sends them (100k packets: "
-                   "over 100k waiting)")
 def test_the_reply_queue_stays_bounded_under_a_flood(rig: OscRig) -> None:
     bad = encode_msg("/endless/nope", ((None, 1.0),))
     for _ in range(20000):

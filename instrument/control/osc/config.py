@@ -51,6 +51,7 @@ class OscStats:
     releases_ignored: int = 0  # buttons' releases (0 or false)
     sent: int = 0
     send_errors: int = 0
+    replies_dropped: int = 0  # replies and errors dropped because the sender was this far behind
 
 
 class RateLog:

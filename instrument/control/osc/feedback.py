@@ -71,6 +71,9 @@ class _Out:
     echo: bool = False  # a marker: send the echoes pending now (`Feedback._echoes`)
 
 
+MAX_WAITING = 4096  # replies queued for the sender thread at most
+
+
 class Feedback:
     """Subscribers, the outgoing queue and its sender thread, for one engine."""
 
@@ -146,11 +149,21 @@ class Feedback:
 
     # -- what goes out ---------------------------------------------------------------------------
     def reply(self, dest: Peer, *msgs: Msg) -> None:
-        self._outbox.put(_Out(dest, msgs))
+        self._put(_Out(dest, msgs))
 
     def to_all(self, *msgs: Msg) -> None:
         """To every subscriber (those there when it is sent)."""
-        self._outbox.put(_Out(None, msgs))
+        self._put(_Out(None, msgs))
+
+    def _put(self, item: _Out) -> None:
+        """Queue a reply for the sender, unless MAX_WAITING are waiting already (a flood of refused
+        packets): then it is dropped and counted, so the queue stays bounded. Echo markers, status
+        and dumps (at most one each waiting) are queued directly."""
+        if self._outbox.qsize() >= MAX_WAITING:
+            self.stats.replies_dropped += 1
+            self._note(f"OSC: the sender is {MAX_WAITING} replies behind: replies dropped (send less often)")
+            return
+        self._outbox.put(item)
 
     def announce(self, done: Done) -> None:
         """An action's answer, from any input (an `Actions` listener): a recording started or stopped

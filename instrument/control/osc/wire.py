@@ -7,6 +7,7 @@ a bundle. `problem()` finds the first of these, so the packet is refused in one 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pythonosc.osc_message_builder import OscMessageBuilder
@@ -52,9 +53,16 @@ def problem(data: bytes, depth: int = 0) -> tuple[str, str] | None:
     return None
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def encode(address: str, args: tuple[Any, ...]) -> bytes:
-    """One OSC message (python-osc picks each argument's type; raises for one it cannot send)."""
+    """One OSC message (python-osc picks each argument's type; raises for one it cannot send). A
+    float beyond float32's range (a ping's argument echoed back) goes as a double ('d')."""
     b = OscMessageBuilder(address)
     for a in args:
-        b.add_arg(a)
+        if isinstance(a, float) and math.isfinite(a) and abs(a) > FLOAT32_MAX:
+            b.add_arg(a, OscMessageBuilder.ARG_TYPE_DOUBLE)
+        else:
+            b.add_arg(a)
     return b.build().dgram
