@@ -11,7 +11,7 @@ from instrument.control.actions import Actions, Done
 from instrument.control.arming import ArmingScheduler
 from instrument.control.presets import PresetStore
 from instrument.engine import Engine
-from instrument.errors import ParamError
+from instrument.errors import ConfigError, ParamError
 from instrument.generator.worker import GeneratorClient, WorkerSpec
 from instrument.rt import MixerConfig
 
@@ -128,3 +128,27 @@ def test_plan_refuses_arming_without_a_generator(tmp_path: Path) -> None:
     a = Actions(engine(), examples(tmp_path))
     with pytest.raises(ParamError, match="arming needs the generator"):
         a.plan("preset/arm", ("storm-front",))
+
+
+class _FullDisk:
+    """A record switch whose take ended on a full disk: stopping it answers the error."""
+
+    def __init__(self) -> None:
+        self.rec: str | None = "/recordings/take.wav"
+
+    @property
+    def active(self) -> bool:
+        return self.rec is not None
+
+    def __call__(self, start: bool, name: str | None) -> str:
+        self.rec = None
+        raise ConfigError("recording stopped: disk full after 5.9 s")
+
+
+def test_a_take_that_ended_on_a_full_disk_is_announced_as_stopped(tmp_path: Path) -> None:
+    a = Actions(engine(), PresetStore(tmp_path / "user", ()), recording=_FullDisk())
+    told: list[Done] = []
+    a.listeners.append(told.append)  # as OSC's feedback listens: subscribers must not think it records
+    with pytest.raises(ConfigError, match="disk full"):
+        a.run("record", (0,))
+    assert told == [Done("record", "", recording=False)]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from instrument.control.arming import ArmingScheduler
 from instrument.control.presets import PresetStore, slugify
-from instrument.errors import ParamError
+from instrument.errors import EndlessError, ParamError
 from instrument.params import check_glide
 
 if TYPE_CHECKING:
@@ -190,7 +190,15 @@ class Actions:
         if start == recording.active:
             raise ParamError(f"{where}: " + ("already recording: send /record 0 first" if start
                                              else "not recording: send /record 1 [name] first"))
-        return lambda: Done(path, str(recording(start, name)), recording=start)
+        def run() -> Done:
+            try:
+                return Done(path, str(recording(start, name)), recording=start)
+            except EndlessError:
+                if not start and not recording.active:  # the take ended anyway (its disk filled): say so
+                    self.announce(Done(path, "", recording=False))
+                raise
+
+        return run
 
 
 def _one(args: tuple[object, ...], where: str, most: int) -> object:
