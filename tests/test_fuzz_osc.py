@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -182,3 +185,23 @@ def test_the_reply_queue_stays_bounded_under_a_flood(rig: OscRig) -> None:
         rig.feed(bad)
     assert rig.max_outbox <= 4096, f"{rig.max_outbox} replies waiting"
 
+
+
+HANG = "#bundle\\x00" + "\\x00" * 7 + "\\x01" + "\\xff\\xff\\xff\\xfc"  # an element of size -4
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(strict=True, reason="finding (OSC parse, instrument/control/osc/routes.py): python-osc's bundle "
+                   "parser steps back by a negative element size, so a 20-byte bundle whose element size is -4 "
+                   "loops forever on the receiving thread (found by benchmarks/fuzz_atheris.py): OSC stops "
+                   "answering and a core spins; check element sizes before OscPacket")
+def test_a_bundle_with_a_negative_element_size_is_refused_not_a_hang() -> None:
+    # in a child process: the hang must not leave a spinning thread in the test session
+    code = ("from tests.fuzz_rig import OscRig\n"
+            f"r = OscRig(); r.routes.packet(b'{HANG}', r.peer); r.close(); print('returned')")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                              cwd=Path(__file__).resolve().parents[1])
+    except subprocess.TimeoutExpired:
+        raise AssertionError("Routes.packet did not return within 30 s") from None
+    assert "returned" in proc.stdout, proc.stderr[-1000:]
