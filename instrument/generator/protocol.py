@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from instrument.clips import Clip
+from instrument.errors import ConfigError
 
 WorkerState = Literal["starting", "loading", "ready", "busy", "restarting", "failed", "stopped"]
 
@@ -41,6 +42,11 @@ class WorkerSpec:
     compile: bool = True  # on cuda: torch.compile with CUDA graphs (README: bench_generate.py on an H200)
     test_delay: float = 0.0  # extra seconds per step, for tests of starvation and hangs
     heartbeat_timeout: float = 3.0  # s without a heartbeat before the parent kills and restarts the worker
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.heartbeat_timeout <= 3600:
+            raise ConfigError(f"heartbeat timeout {self.heartbeat_timeout:g} s: allowed 0.1..3600 s "
+                              "(the worker beats at least 4 times within it)")
 
 
 @dataclass(frozen=True)
