@@ -18,18 +18,22 @@ MAX_DEPTH = 32
 
 
 def problem(data: bytes, depth: int = 0) -> tuple[str, str] | None:
-    """(address, why) for the first unsupported type tag or unknown bundle element, else None
-    (anything else malformed is left to python-osc's parser, which raises)."""
+    """(address, why) for the first unsupported type tag, unknown bundle element or broken bundle
+    structure, else None (anything else malformed is left to python-osc's parser, which raises).
+    A bundle element's size is checked here because python-osc's parser goes back on a negative
+    one and loops for ever."""
     if data.startswith(BUNDLE):
         if depth >= MAX_DEPTH:
             return "?", f"bundles nested more than {MAX_DEPTH} deep"
+        if len(data) < 16:
+            return "?", f"a bundle of {len(data)} bytes: too short for its time tag (16 bytes at least)"
         i, n = 16, 0
-        while i + 4 <= len(data):
-            size = int.from_bytes(data[i:i + 4], "big", signed=True)
+        while i < len(data):
+            n += 1
+            size = int.from_bytes(data[i:i + 4], "big", signed=True) if i + 4 <= len(data) else -1
             i += 4
             if size < 0 or i + size > len(data):
-                return None  # cut short: the parser says so
-            n += 1
+                return "?", f"bundle element {n}: its size does not fit the {len(data)}-byte bundle"
             part = data[i:i + size]
             if not part.startswith((b"/", BUNDLE)):
                 return "?", f"bundle element {n} ({size} bytes) is neither a message nor a bundle"
