@@ -187,7 +187,7 @@ def play_config(args: argparse.Namespace) -> PlayConfig:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from instrument.build import build_engine
-    from instrument.render import check_output_path, render, write_audio
+    from instrument.render import check_output_path, render_file
 
     _check(args.seconds > 0, f"--seconds {args.seconds}: must be > 0")
     _check(1 <= args.blocksize <= 16384, f"--blocksize {args.blocksize}: allowed 1..16384")
@@ -195,15 +195,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     engine = build_engine(_engine_config(args), args.samplerate, args.blocksize, deterministic=not args.live_timing)
     t0 = time.perf_counter()
     bar = _Progress("render", engine) if sys.stderr.isatty() else None
-    try:
-        audio = render(engine, args.seconds, args.blocksize, bar.update if bar else None, args.live_timing)
+    try:  # written as it renders: memory stays flat however long the render
+        render_file(args.out, engine, args.seconds, args.blocksize, bar.update if bar else None, args.live_timing)
     finally:
         if engine.source is not None:
             engine.source.close()
     if bar:
         bar.done()
     wall = time.perf_counter() - t0
-    write_audio(args.out, audio, args.samplerate)
     st = engine.stats()
     print(f"wrote {args.out}: {args.seconds:g} s, {args.samplerate} Hz stereo, {args.seconds / wall:.1f}x real "
           f"time, {sum(st.starvations)} starvations, limiter {st.limiter_db:.1f} dB{_gen_summary(engine)}")

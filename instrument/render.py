@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +82,30 @@ class _Sink:
 
 def render(engine: Engine, seconds: float, blocksize: int = 512,
            progress: Callable[[int, int], None] | None = None, live_timing: bool = False) -> np.ndarray:
-    """Render `seconds` of output; returns (frames, 2) float32.
+    """Render `seconds` of output; returns (frames, 2) float32 (see `render_chunks`)."""
+    out = np.zeros((int(round(seconds * engine.cfg.sample_rate)), 2), np.float32)
+    pos = 0
+    for chunk in render_chunks(engine, seconds, blocksize, progress, live_timing):
+        out[pos:pos + len(chunk)] = chunk
+        pos += len(chunk)
+    return out
+
+
+def render_file(path: Path, engine: Engine, seconds: float, blocksize: int = 512,
+                progress: Callable[[int, int], None] | None = None, live_timing: bool = False) -> None:
+    """Render `seconds` of output into `path` as it goes: memory stays flat however long the render."""
+    fmt, subtype = check_output_path(path)
+    with sf.SoundFile(str(path), "w", engine.cfg.sample_rate, 2, subtype, format=fmt) as f:
+        for chunk in render_chunks(engine, seconds, blocksize, progress, live_timing):
+            f.write(chunk)
+
+
+def render_chunks(engine: Engine, seconds: float, blocksize: int = 512,
+                  progress: Callable[[int, int], None] | None = None, live_timing: bool = False,
+                  chunk_seconds: float = 1.0) -> Iterator[np.ndarray]:
+    """Render `seconds` of output, yielding it (frames, 2) float32 a chunk at a time (one buffer,
+    reused: use each chunk before asking for the next). Chunk edges do not change a sample: the
+    mixer's output does not depend on how it is split into blocks.
 
     With a generator, the render is deterministic: before each block it waits until no slot is
     starving. `live_timing` instead paces the audio clock at real time, so slow generation shows
@@ -90,15 +113,15 @@ def render(engine: Engine, seconds: float, blocksize: int = 512,
     """
     sr = engine.cfg.sample_rate
     total = int(round(seconds * sr))
-    out = np.zeros((total, 2), np.float32)
+    buf = np.zeros((max(blocksize, int(chunk_seconds * sr)), 2), np.float32)
     gen = engine.generator
     if gen is not None and live_timing:
         gen.wait_ready()  # the clock starts with a loaded model, as a set would
-    pos = 0
+    pos = start = 0  # frames rendered; where the chunk in `buf` starts
     base = engine.mixer.frame  # the engine's frames are absolute: a render may continue another
     t0 = time.monotonic()
     while pos < total:
-        end = min(total, pos + blocksize)
+        end = min(total, pos + blocksize, start + len(buf))
         nf = engine.next_control_frame()
         if nf is not None and nf - base < end:
             end = max(nf - base, pos)  # split the block at a prompt change, so it lands on its frame
@@ -111,16 +134,13 @@ def render(engine: Engine, seconds: float, blocksize: int = 512,
             else:  # deterministic: the audio clock waits for the clips it needs
                 gen.wait_fed()
         if end > pos:
-            engine.mixer.process(out[pos:end])
+            engine.mixer.process(buf[pos - start:end - start])
             pos = end
             if progress is not None:
                 progress(end, total)
-    return out
-
-
-def write_audio(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    fmt, subtype = check_output_path(path)
-    sf.write(str(path), audio, sample_rate, format=fmt, subtype=subtype)
+        if pos - start == len(buf) or pos == total:
+            yield buf[:pos - start]
+            start = pos
 
 
 class Recorder:
