@@ -20,9 +20,13 @@ from tests.conftest import endless
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
+    """Each test sees logs.py's limits alone: the OSC server's own filter for python-osc (installed
+    on the root logger once any OSC server ran in this process) is taken off meanwhile."""
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    handlers, level, filters = list(root.handlers), root.level, list(root.filters)
+    root.filters.clear()
     yield
+    root.filters[:] = filters
     logs.setup(stream=io.StringIO())  # takes ours off again (and flushes them)
     for h, _ in list(logs._INSTALLED):
         root.removeHandler(h)
