@@ -8,6 +8,17 @@ import subprocess
 import uuid
 
 
+def finish(proc: subprocess.Popen[str], timeout: float, rec: dict[str, object]) -> tuple[str, str]:
+    """The output of a run the benchmark started; one that outlives `timeout` is killed and
+    `rec["error"]` says so."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rec["error"] = "timed out"
+        return proc.communicate()
+
+
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _jack import JackServer  # benchmarks/_jack.py (the script folder is on sys.path)
+from _jack import JackServer, finish  # benchmarks/_jack.py (the script folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENDLESS = ROOT / ".venv" / "bin" / "endless"
@@ -215,12 +215,7 @@ def run_one(server: JackServer, name: str, seconds: float) -> dict[str, Any]:
     if flood is not None:
         flood.start()
     try:
-        out, err = proc.communicate(timeout=seconds + 240)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        rec["error"] = "timed out"
-        return rec
+        out, err = finish(proc, seconds + 240, rec)
     finally:
         stop.set()
         if flood is not None:
@@ -228,6 +223,8 @@ def run_one(server: JackServer, name: str, seconds: float) -> dict[str, Any]:
         if sampler is not None:
             sampler.stop.set()
             sampler.join(timeout=5)
+    if "error" in rec:
+        return rec
     rec["load_avg_1m"] = round(os.getloadavg()[0], 2)
     if osc_rate:
         rec["osc_sent"] = sent[0]

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import soundfile as sf
-from _jack import JackServer  # benchmarks/_jack.py (the script folder is on sys.path)
+from _jack import JackServer, finish  # benchmarks/_jack.py (the script folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENDLESS = ROOT / ".venv" / "bin" / "endless"
@@ -157,12 +157,7 @@ def run_live(seconds: float, work: Path, script: Path, warmup: float | None = No
                                 cwd=work)
         mem = Memory(proc.pid)
         mem.start()
-        try:
-            out, err = proc.communicate(timeout=seconds + 240)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            rec["error"] = "timed out"
+        out, err = finish(proc, seconds + 240, rec)
         mem.stop.set()
         mem.join(5)
         rec["wall_s"] = round(time.monotonic() - t0, 1)
@@ -191,12 +186,7 @@ def run_offline(seconds: float, work: Path, script: Path, warmup: float | None =
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work)
     mem = Memory(proc.pid)
     mem.start()
-    try:
-        out, err = proc.communicate(timeout=max(600.0, seconds * 2))
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        rec["error"] = "timed out"
+    out, err = finish(proc, max(600.0, seconds * 2), rec)
     mem.stop.set()
     mem.join(5)
     wall = time.monotonic() - t0
