@@ -101,6 +101,19 @@ class Render:
             self.bad_blocks += 1
 
 
+def rig_problems(engine: Engine, bus: ControlBus, render: Render) -> list[str]:
+    """The invariants every rig checks: values in range and finite, no bug on the bus, the bus empty
+    after a drain, the rendered audio finite and at most full scale."""
+    out = value_problems(engine)
+    if bus.stats.errors:
+        out.append(f"{bus.stats.errors} bus job errors (bugs)")
+    if bus.pending():
+        out.append(f"{bus.pending()} jobs left on the bus after a drain")
+    if render.bad_blocks:
+        out.append(f"{render.bad_blocks} rendered blocks not finite or above full scale")
+    return out
+
+
 class LogLines(logging.Handler):
     """Counts the records logged (any logger) and keeps the first few with a traceback."""
 
@@ -185,16 +198,9 @@ class OscRig:
         the audio, the bus."""
         if not self.settle():
             return [f"the sender did not send its {self.server.feedback._outbox.qsize()} replies within 60 s"]
-        st, out = self.server.stats, value_problems(self.engine)
-        if st.handler_exceptions:
-            out.append(f"{st.handler_exceptions} handler exceptions")
-        if self.bus.stats.errors:
-            out.append(f"{self.bus.stats.errors} bus job errors")
-        if self.bus.pending():
-            out.append(f"{self.bus.pending()} jobs left on the bus after a drain")
-        if self.render.bad_blocks:
-            out.append(f"{self.render.bad_blocks} rendered blocks not finite or above full scale")
-        return out
+        st = self.server.stats
+        bugs = [f"{st.handler_exceptions} handler exceptions"] if st.handler_exceptions else []
+        return bugs + rig_problems(self.engine, self.bus, self.render)
 
     def close(self) -> None:
         self.server.stop()
@@ -419,14 +425,7 @@ class MidiRig:
 
     def problems(self) -> list[str]:
         self.tick()
-        out = value_problems(self.engine)
-        if self.bus.stats.errors:
-            out.append(f"{self.bus.stats.errors} bus job errors (bugs)")
-        if self.bus.pending():
-            out.append(f"{self.bus.pending()} jobs left on the bus after a drain")
-        if self.render.bad_blocks:
-            out.append(f"{self.render.bad_blocks} rendered blocks not finite or above full scale")
-        return out
+        return rig_problems(self.engine, self.bus, self.render)
 
     def close(self) -> None:
         self.midi.close()

@@ -310,8 +310,8 @@ def test_every_address_is_accepted_echoed_and_takes_effect(serve: Any, key: str,
 
 
 # -- malformed input --------------------------------------------------------------------------------
-def _bundle(*msgs: tuple[Any, ...]) -> bytes:
-    b = OscBundleBuilder(IMMEDIATELY)
+def _bundle(*msgs: tuple[Any, ...], when: float = IMMEDIATELY) -> bytes:
+    b = OscBundleBuilder(when)
     for m in msgs:
         mb = OscMessageBuilder(m[0])
         for a in m[1:]:

@@ -19,8 +19,6 @@ from typing import Any
 
 import pytest
 from pythonosc import slip
-from pythonosc.osc_bundle_builder import OscBundleBuilder
-from pythonosc.osc_message_builder import OscMessageBuilder
 
 from instrument.control.mapfile import load_mapping
 from instrument.control.osc import OscConfig, OscServer, tcp, transport
@@ -294,13 +292,7 @@ def _ping_token(client: Client, i: int) -> int:
 
 # -- finding 12b: bundle timetags ---------------------------------------------------------------------------------
 def _at(when: float, *msgs: tuple[Any, ...]) -> bytes:
-    b = OscBundleBuilder(when)
-    for m in msgs:
-        mb = OscMessageBuilder(m[0])
-        for a in m[1:]:
-            mb.add_arg(a)
-        b.add_content(mb.build())  # type: ignore[arg-type]
-    return b.build().dgram
+    return _bundle(*msgs, when=when)
 
 
 def test_a_future_bundle_is_refused_and_a_due_one_applies(serve: Serve) -> None:
