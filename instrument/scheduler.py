@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from instrument.blend import format_blend, parse_blend
 from instrument.clips import Clip
 from instrument.errors import ParamError
 from instrument.generator.protocol import ClipReady, Dropped, Failed, Request
@@ -56,8 +57,6 @@ class GenStats:
 def blend_parts(prompt: str) -> tuple[str, ...]:
     """The parts of a prompt or blend, in order, that `slot/weights` weighs (none for no prompt):
     the one count that the scheduler, the engine's batch check and preset files use."""
-    from instrument.generator.conditioning import parse_blend  # lazily: it brings torch
-
     return tuple(name for name, _ in parse_blend(prompt)) if prompt.strip() else ()
 
 
@@ -70,8 +69,6 @@ def check_weights(slot: int, weights: tuple[float, ...], parts: tuple[str, ...])
 
 def weighted_prompt(parts: tuple[str, ...], weights: tuple[float, ...]) -> str:
     """The blend a slot plays once `weights` apply to its parts (parts at 0 left out); arming uses it too."""
-    from instrument.generator.conditioning import format_blend
-
     total = sum(weights)
     return format_blend([(n, w / total) for n, w in zip(parts, weights, strict=True) if w > 0])
 
@@ -97,7 +94,6 @@ class Scheduler:
     def check(self, slot: int, key: str, value: object) -> None:
         """Raise ParamError for what set_prompt/set_weights would refuse (a bad blend, weights that
         do not fit the prompt), changing nothing: OSC checks a whole bundle with it first."""
-        from instrument.generator.conditioning import parse_blend
 
         if key == "slot/prompt" and str(value).strip():
             try:

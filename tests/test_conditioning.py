@@ -250,3 +250,20 @@ def test_pipeline_encodes_each_prompt_once(pipe: TangoFluxPipeline) -> None:
         pipe.denoise([ClipRequest("fire", seed=3)], 1)
     assert calls[0] == 2  # "sea" and "fire", once each
     assert pipe.conditioner.cache_info().hits >= 2
+
+
+def test_blends_are_text_without_torch() -> None:
+    """Presets, scripts and the scheduler check blends; that must not load the model's code (torch
+    takes over a second to import, and a clips-only instrument never needs it)."""
+    import doctest
+    import subprocess
+    import sys
+
+    import instrument.blend
+
+    assert doctest.testmod(instrument.blend).failed == 0
+    code = ("import sys\nfrom instrument.control.presets import parse_preset\nfrom instrument.params import Registry\n"
+            "parse_preset('version = 1\\n[[slot]]\\nprompt = \"rain | wind\"\\nweights = [1, 2]\\n', 'x.toml', "
+            "Registry(slots=2))\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
