@@ -215,6 +215,7 @@ def _lower_priority(nice: int, keep: int) -> None:
 
 def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection, beat: Any) -> None:
     """Entry point of the spawned process."""
+    _quiet_progress_bars()
     child = _Child(spec, inbox, outbox, beat)
     heartbeat = child.start_pulse()
     if spec.nice > 0 and hasattr(os, "nice"):  # the model may wait; the audio callback and a fader must not
@@ -226,3 +227,14 @@ def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection, beat: A
     except Exception:
         with contextlib.suppress(OSError):  # the pipe may be gone too
             child.send(Failed("worker crashed: " + traceback.format_exc().strip().splitlines()[-1]))
+
+
+def _quiet_progress_bars() -> None:
+    """No progress bars from the libraries that load the model (they write over the instrument's
+    own status line), and none of tqdm's multiprocessing locks: a worker killed while it held one
+    left a semaphore behind, and Python's resource tracker said so at exit, after our last line."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import tqdm
+
+    tqdm.tqdm.set_lock(threading.RLock())
