@@ -19,6 +19,24 @@ def finish(proc: subprocess.Popen[str], timeout: float, rec: dict[str, object]) 
         return proc.communicate()
 
 
+def read_or_empty(path: str) -> str:
+    """A /proc file's text, or "" when the process (or the file) is gone."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (from every thread's /proc children list)."""
+    out: list[int] = []
+    task = f"/proc/{pid}/task"
+    for tid in os.listdir(task) if os.path.isdir(task) else []:
+        out += [int(c) for c in read_or_empty(f"{task}/{tid}/children").split()]
+    return out
+
+
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:

@@ -47,7 +47,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _jack import JackServer, finish  # benchmarks/_jack.py (the script folder is on sys.path)
+from _jack import (  # benchmarks/_jack.py (the script folder is on sys.path)
+    JackServer,
+    children,
+    finish,
+    read_or_empty,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENDLESS = ROOT / ".venv" / "bin" / "endless"
@@ -103,21 +108,6 @@ WAITED_MS = 2.0  # a wait this long in one window is a cause (the period is 5.8 
 USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for tid in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else []:
-        out += [int(c) for c in _read(f"/proc/{pid}/task/{tid}/children").split()]
-    return out
-
-
 class Sampler(threading.Thread):
     """Samples steal and per-thread run/wait times of jackd, endless and its children."""
 
@@ -130,11 +120,11 @@ class Sampler(threading.Thread):
     def _procs(self) -> dict[int, str]:
         procs = {pid: name for name, pid in self.roots.items()}
         for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):  # the kernel's memory threads
-            comm = _read(f"/proc/{pid}/comm").strip()
+            comm = read_or_empty(f"/proc/{pid}/comm").strip()
             if comm.startswith(KERNEL_THREADS):
                 procs[pid] = comm
-        for child in _children(self.roots["endless"]):
-            procs[child] = "worker" if "spawn_main" in _read(f"/proc/{child}/cmdline") else "endless-child"
+        for child in children(self.roots["endless"]):
+            procs[child] = "worker" if "spawn_main" in read_or_empty(f"/proc/{child}/cmdline") else "endless-child"
         return procs
 
     def run(self) -> None:
@@ -145,13 +135,13 @@ class Sampler(threading.Thread):
                 procs = self._procs()
             k += 1
             t = time.monotonic_ns()
-            cpu = _read("/proc/stat").split("\n", 1)[0].split()
+            cpu = read_or_empty("/proc/stat").split("\n", 1)[0].split()
             steal = int(cpu[8]) * 1_000_000_000 // USER_HZ if len(cpu) > 8 else 0
             threads: dict[int, tuple[str, int, int]] = {}
             for pid, name in procs.items():
                 tids = os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else []
                 for tid in tids:
-                    f = _read(f"/proc/{pid}/task/{tid}/schedstat").split()
+                    f = read_or_empty(f"/proc/{pid}/task/{tid}/schedstat").split()
                     if len(f) >= 2:
                         threads[int(tid)] = (name, int(f[0]), int(f[1]))
             self.samples.append((t, steal, threads))

@@ -41,7 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import soundfile as sf
-from _jack import JackServer, finish  # benchmarks/_jack.py (the script folder is on sys.path)
+from _jack import (  # benchmarks/_jack.py (the script folder is on sys.path)
+    JackServer,
+    children,
+    finish,
+    read_or_empty,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENDLESS = ROOT / ".venv" / "bin" / "endless"
@@ -68,25 +73,9 @@ def write_script(path: Path, seconds: float) -> int:
     return len(lines)
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
 def rss_mb(pid: int) -> float | None:
-    m = re.search(r"VmRSS:\s+(\d+) kB", _read(f"/proc/{pid}/status"))
+    m = re.search(r"VmRSS:\s+(\d+) kB", read_or_empty(f"/proc/{pid}/status"))
     return int(m.group(1)) / 1024 if m else None
-
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    task = f"/proc/{pid}/task"
-    for tid in os.listdir(task) if os.path.isdir(task) else []:
-        out += [int(c) for c in _read(f"{task}/{tid}/children").split()]
-    return out
 
 
 class Memory(threading.Thread):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 from instrument.config import EngineConfig, SourceConfig, check
@@ -97,7 +96,7 @@ def _source(cfg: SourceConfig, mixer: MixerConfig, sample_rate: int, determinist
     choice = choose_model(cfg.model)
     device, dtype, vae_dtype = choose_backend(cfg.backend)
     if choice.stand_in:
-        print(TINY_WARNING, file=sys.stderr)
+        log.warning("\n%s", TINY_WARNING.rstrip())  # the banner on lines of its own
     log.info("generator: model %s on %s (%s)", choice.model, device, dtype)
     spec = WorkerSpec(model=choice.model, device=device, dtype=dtype, vae_dtype=vae_dtype, sample_rate=sample_rate,
                       max_batch=1 if deterministic else cfg.max_batch, allow_download=choice.allow_download,
