@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: play test lint docs bench clean
+.PHONY: play test lint docs layouts bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@scripts/system-deps.sh runtime
@@ -33,6 +33,9 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/endless docs > docs/osc.md
 	$(BIN)/python -c "from instrument.control.mapdoc import mapping_reference as r; print(r(), end='')" > docs/mappings.md
+
+layouts: $(STAMP)
+	$(BIN)/python -m instrument.layouts
 
 bench: $(STAMP)
 	@scripts/system-deps.sh test
