@@ -24,11 +24,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
+from instrument.generator.download import OFFICIAL_REPO as TANGOFLUX_REPO
+from instrument.generator.download import TEXT_ENCODER_REPO
+
 Status = Literal["ok", "warn", "fail", "info"]
 
 MIN_PYTHON = (3, 10)
-TANGOFLUX_REPO = "declare-lab/TangoFlux"
-TEXT_ENCODER_REPO = "google/flan-t5-large"
 # The files instrument.generator.loading needs in a checkpoint (not imported from there: loading
 # imports torch, diffusers and transformers at the top, which doctor must survive without).
 TANGOFLUX_FILES = ("config.json", "tangoflux.safetensors", "vae.safetensors")
@@ -291,7 +292,7 @@ def _models() -> list[Check]:
     else:
         checks = [Check("model cache", "info", f"Hugging Face cache {cache} (does not exist yet)")]
     for repo, lacks in ((TANGOFLUX_REPO, _tangoflux_lacks), (TEXT_ENCODER_REPO, _t5_lacks)):
-        fix = ("fetch it once with network access (`endless fetch-model`), or pass --model-dir DIR, "
+        fix = ("`endless play` fetches it when the hub is reachable (or `endless fetch-model`), or pass --model-dir DIR, "
                "or --model tiny to try the instrument offline")
         checks.append(_cached_model(cache, repo, lacks, fix))
     if offline:
@@ -300,6 +301,29 @@ def _models() -> list[Check]:
         checks.append(Check("hf offline", "info", "HF_HUB_OFFLINE is not set (HF_HUB_OFFLINE=1 keeps "
                             "huggingface_hub from contacting the hub at all)"))
     return checks
+
+
+def _compile_cache() -> list[Check]:
+    """torch.compile's on-disk caches (CUDA starts fill them; a warm start reuses them)."""
+    from instrument.generator.compile_cache import summarize  # files only: no torch import
+
+    s = summarize()
+    if not s.exists:
+        return [Check("compile cache", "info", f"compile cache {s.root} (empty: the first CUDA start fills it, "
+                      "later starts of the same model and settings reuse it)")]
+    mb = s.bytes / 1e6
+    plural = "" if len(s.entries) == 1 else "s"
+    text = f"compile cache {s.root}: {mb:.1f} MB in {s.files} files, {len(s.entries)} saved compile{plural}"
+    if s.entries:
+        text += ": " + "; ".join(_compile_entry(e) for e in s.entries[:4])
+        text += f"; {len(s.entries) - 4} more" if len(s.entries) > 4 else ""
+    return [Check("compile cache", "info", text)]
+
+
+def _compile_entry(e: dict[str, object]) -> str:
+    sizes = e.get("batch_sizes")
+    batch = ",".join(map(str, sizes)) if isinstance(sizes, list) else "?"
+    return f"{e.get('model', '?')} {e.get('dtype', '?')} batch {batch} torch {e.get('torch', '?')} {e.get('device', '')}".rstrip()
 
 
 # -- running them -------------------------------------------------------------------------------
@@ -322,6 +346,7 @@ CHECKS: tuple[tuple[str, Callable[[], list[Check]]], ...] = (
     ("coremltools", _coremltools),
     ("coreml", _coreml),
     ("model cache", _models),
+    ("compile cache", _compile_cache),
 )
 
 

@@ -6,6 +6,7 @@ audible artifacts), cpu (fp32). `tiny` is the same code with a tiny random-weigh
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -14,8 +15,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from instrument.errors import ConfigError
+from instrument.generator.download import fetch_weights
 from instrument.generator.errors import ModelNotFoundError
 from instrument.generator.loading import CHECKPOINT_FILES, OFFICIAL_REPO, TINY, resolve_checkpoint
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "cuda", "mps", "coreml", "cpu")
 TINY_WARNING = """\
@@ -64,10 +68,20 @@ def choose_model(model: str) -> ModelChoice:
             resolve_checkpoint(OFFICIAL_REPO)
             return ModelChoice(OFFICIAL_REPO, False, False)
         except ModelNotFoundError:
-            if hub_reachable():
-                return ModelChoice(OFFICIAL_REPO, True, False)
+            if not hub_reachable():
+                if model == "tangoflux":
+                    raise
+                return ModelChoice(TINY, False, True)
+        try:  # first run with a network: size and licence said, fetched here with a progress bar
+            fetch_weights()
+            return ModelChoice(OFFICIAL_REPO, False, False)
+        except Exception as e:  # the hub or the network failed mid-way: what arrived is kept for next time
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
             if model == "tangoflux":
-                raise
+                raise ModelNotFoundError(f"fetching {OFFICIAL_REPO} failed ({reason}): start again with network "
+                                         "access (the download resumes), or --model tiny to play offline") from None
+            log.warning("fetching %s failed (%s): playing the tiny stand-in; the next start with network access "
+                        "resumes the download", OFFICIAL_REPO, reason)
         return ModelChoice(TINY, False, True)
     resolve_checkpoint(model)  # a folder: check the layout now, one clear error if it is wrong
     return ModelChoice(model, False, False)
@@ -118,11 +132,7 @@ def fetch_model(source: Path | None = None) -> Path:
             shutil.rmtree(dest)
         tmp.rename(dest)
         return dest
-    from huggingface_hub import snapshot_download
-
     if not hub_reachable():
         raise ModelNotFoundError("the Hugging Face hub is unreachable (or HF_HUB_OFFLINE is set): run "
                                  "`endless fetch-model` where there is internet, or `endless fetch-model --from DIR`")
-    path = snapshot_download(OFFICIAL_REPO, allow_patterns=["config.json", "*.safetensors"])
-    snapshot_download("google/flan-t5-large", allow_patterns=["*.json", "*.model", "*.safetensors"])
-    return Path(path)
+    return fetch_weights()

@@ -116,6 +116,7 @@ class _Child:
     def run(self) -> None:
         import torch
 
+        from instrument.generator.compile_cache import compile_and_warm
         from instrument.generator.loading import load_pipeline
         from instrument.generator.pipeline import ClipRequest
         from instrument.generator.post import NonFiniteAudio, postprocess
@@ -143,10 +144,8 @@ class _Child:
                 pipe.model.transformer = coreml
                 device = f"coreml {self.spec.compute_units} + {pipe.device}"
         sizes = self.batch_sizes()
-        if self.spec.compile and pipe.device.type == "cuda":
-            pipe.compile("reduce-overhead")
-            for n in sizes:  # compile and capture each batch size now, not in the middle of a set
-                pipe([ClipRequest("warm up", seed=0, duration=1.0)] * n, steps=2)
+        if self.spec.compile and pipe.device.type == "cuda":  # compile and capture each batch size now, not mid-set,
+            compile_and_warm(pipe, sizes)  # reusing and keeping the on-disk compile caches (compile_cache.py)
         self.announce(Ready(pipe.name, device, str(pipe.dtype).replace("torch.", ""), self.spec.sample_rate,
                         time.perf_counter() - t0))
         while not self.stop:

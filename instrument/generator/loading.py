@@ -26,12 +26,12 @@ from diffusers.models.autoencoders.autoencoder_oobleck import AutoencoderOobleck
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, T5EncoderModel
 
+from instrument.generator.download import OFFICIAL_REPO
 from instrument.generator.errors import CheckpointError, ModelNotFoundError
 from instrument.generator.model import TangoFluxConfig, TangoFluxModel
 from instrument.generator.pipeline import TangoFluxPipeline
 from instrument.generator.tiny import ensure_tiny_checkpoint
 
-OFFICIAL_REPO = "declare-lab/TangoFlux"
 TINY = "tiny"
 TINY_VERSION = 1  # bump when tiny.py changes what it builds, so cached tiny checkpoints are rebuilt
 CHECKPOINT_FILES = ("config.json", "tangoflux.safetensors", "vae.safetensors")
