@@ -69,12 +69,19 @@ def load(root: Path, key: str) -> int:
     path = root / MEGA / f"{key}.bin"
     if not path.is_file():
         return 0
+    quiet = logging.getLogger("torch.compiler._cache")  # it logs a traceback for a damaged file: ours is one line
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         info = torch.compiler.load_cache_artifacts(path.read_bytes())
-    except Exception as e:  # a file from a torch that reads it differently, or a damaged one: compile afresh
-        log.warning("compile cache: %s unusable (%s): compiling afresh", path, type(e).__name__)
+    except Exception:
+        info = None
+    finally:
+        quiet.setLevel(level)
+    if info is None:  # a damaged file, or one from a torch that reads it differently: compile afresh
+        log.warning("compile cache: %s is unusable: compiling afresh (and replacing it)", path)
         return 0
-    return 0 if info is None else sum(len(v) for v in info.artifacts.values())
+    return sum(len(v) for v in info.artifacts.values())
 
 
 def save(root: Path, key: str, about: dict[str, object]) -> int:
