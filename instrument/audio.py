@@ -246,9 +246,12 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     raises AudioStalledError (with the summary) once the stream is put away."""
     sr = engine.cfg.sample_rate
     with engine.lock:  # inputs may already be live (OSC started first): they queue meanwhile
-        if engine.generator is not None:
+        gen = engine.generator
+        if gen is not None and gen.plays_while_loading():  # first sound at once, fresh clips cut in
+            log.info("playing from the archive while the model loads")
+        elif gen is not None:
             log.info("loading the model (the first start of a CUDA backend also compiles it)...")
-            engine.generator.wait_ready()
+            gen.wait_ready()
         engine.apply_due(0)
         engine.schedule_script(int(lookahead * sr))
         engine.pump()

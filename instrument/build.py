@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from instrument.config import EngineConfig, SourceConfig, check
 from instrument.engine import Engine
@@ -13,6 +14,9 @@ from instrument.params import PARAMS, Registry, Value, as_float
 from instrument.rt import MixerConfig
 from instrument.script import load_script
 from instrument.sources import ClipSource, FolderSource
+
+if TYPE_CHECKING:
+    from instrument.fallback import ArchiveLink
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,8 @@ def build_engine(cfg: EngineConfig, sample_rate: int, blocksize: int = 0, determ
     guard = int(0.03 * sample_rate) + 2 * (blocksize or 256) if live else 0
     engine = Engine(mixer, source, guard_frames=guard)
     try:
+        if engine.generator is not None:  # how early a dry slot falls back follows the crossfade
+            engine.generator.xfade = lambda: as_float(engine.values[("xfade", None)])
         for p in PARAMS:  # the other settings: changes from the start (every slot's only with a generator)
             if p.cli and p.key not in _MIXER_SETTINGS and (p.scope == "global" or engine.generator is not None):
                 value = settings.get(p.name, p.default)
@@ -103,9 +109,29 @@ def _source(cfg: SourceConfig, mixer: MixerConfig, sample_rate: int, determinist
                       nice=cfg.generator_nice, threads=0 if deterministic else live_threads(device),
                       coreml=cfg.backend == "coreml", compute_units=cfg.compute_units,
                       coreml_package=str(cfg.coreml_package) if cfg.coreml_package is not None else None)
-    client = GeneratorClient(spec)
-    client.start()
-    return ArmingScheduler(client, mixer.slots, base_seed=cfg.seed)  # a Scheduler that can pre-generate presets
+    link = _archive(cfg, mixer.slots, sample_rate)
+    try:
+        client = GeneratorClient(spec)
+        client.start()
+        sched = ArmingScheduler(client, mixer.slots, base_seed=cfg.seed)  # a Scheduler that can pre-generate presets
+    except BaseException:
+        if link is not None:
+            link.close()
+        raise
+    sched.archive = link
+    if deterministic:
+        sched.fallback_lead = None  # a render waits for the generator: it falls back only once that is down
+    return sched
+
+
+def _archive(cfg: SourceConfig, slots: int, sample_rate: int) -> ArchiveLink | None:
+    """The archive every generated clip goes to and fallback clips come from (None: --no-archive)."""
+    if cfg.no_archive:
+        return None
+    from instrument.fallback import ArchiveLink, archive_dir
+
+    max_bytes = None if cfg.archive_max_gb is None else max(1, int(cfg.archive_max_gb * 1e9))
+    return ArchiveLink(archive_dir(cfg.archive), slots, sample_rate, cfg.seed, cfg.archive_max_clips, max_bytes)
 
 
 def live_threads(device: str) -> int:

@@ -64,6 +64,14 @@ def _mix_args(ap: argparse.ArgumentParser) -> None:
     src.add_argument("--clips", type=Path, metavar="DIR",
                      help="play a folder of audio files instead of generating (subfolders: one per slot)")
     src.add_argument("--demo", action="store_true", help="play the built-in synthesized demo textures instead")
+    arc = ap.add_argument_group("archive (every generated clip kept; --fallback archive plays from it)")
+    arc.add_argument("--archive", type=Path, metavar="DIR",
+                     help="where generated clips are kept (default: $ENDLESS_ARCHIVE, else the user data folder)")
+    arc.add_argument("--no-archive", action="store_true", help="keep no clips (and fall back to looping)")
+    arc.add_argument("--archive-max-clips", type=int, metavar="N",
+                     help="keep at most N clips (the least recently played go first; default: no limit)")
+    arc.add_argument("--archive-max-gb", type=float, metavar="X",
+                     help="keep at most X GB of clips (the least recently played go first; default: no limit)")
     ap.add_argument("--assign", choices=("auto", "round-robin", "subfolder"), default="auto",
                     help="how files are spread over slots (default auto: by subfolder if there are any)")
     ap.add_argument("--slots", type=int, default=4, metavar="N", help="number of slots, 1..16 (default 4)")
@@ -150,7 +158,8 @@ def _source_config(args: argparse.Namespace) -> SourceConfig:
                         compute_units=args.compute_units, coreml_package=args.coreml_package,
                         prompts=tuple(args.prompt or ()), max_batch=args.max_batch,
                         generator_nice=args.generator_nice, clips=args.clips, demo=args.demo, assign=args.assign,
-                        seed=args.seed)
+                        seed=args.seed, archive=args.archive, no_archive=args.no_archive,
+                        archive_max_clips=args.archive_max_clips, archive_max_gb=args.archive_max_gb)
 
 
 def _engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -240,7 +249,7 @@ def _gen_summary(engine: Engine) -> str:
         return ""
     s = gen.stats
     return (f"; generator: {s.clips} clips, {s.stale} stale, {s.nonfinite} non-finite, "
-            f"{gen.client.restarts} restarts, last RTF {s.rtf:.3f}")
+            f"{gen.client.restarts} restarts, last RTF {s.rtf:.3f}, {s.fallbacks} fallback clips")
 
 
 def _status_line(engine: Engine) -> None:
@@ -258,7 +267,8 @@ def _gen_status(engine: Engine) -> str:
         return ""
     c = gen.client
     prog = f" {c.progress.step}/{c.progress.steps}" if c.progress is not None else ""
-    return f" gen {c.state}{prog} rtf {gen.stats.rtf:.2f}"
+    archive = f" archive {gen.stats.fallbacks}" if gen.stats.fallbacks else ""
+    return f" gen {c.state}{prog} rtf {gen.stats.rtf:.2f}{archive}"
 
 
 def _meter(level: float) -> str:

@@ -39,9 +39,22 @@ class SourceConfig:
     demo: bool = False  # the built-in demo textures instead of the generator
     assign: Literal["auto", "round-robin", "subfolder"] = "auto"  # how files spread over slots
     seed: int = 0
+    archive: Path | None = None  # where generated clips are kept; None: $ENDLESS_ARCHIVE, else the user data folder
+    no_archive: bool = False  # keep nothing (and fall back to looping)
+    archive_max_clips: int | None = None  # the archive's limits (least recently played go first); None: none
+    archive_max_gb: float | None = None
 
     def __post_init__(self) -> None:
         check(1 <= self.max_batch <= 16, f"--max-batch {self.max_batch}: allowed 1..16")
+        check(self.archive_max_clips is None or 1 <= self.archive_max_clips <= 10_000_000,
+              f"--archive-max-clips {self.archive_max_clips}: allowed 1..10000000 (leave it out for no limit)")
+        check(self.archive_max_gb is None or 0.001 <= self.archive_max_gb <= 100_000,
+              f"--archive-max-gb {self.archive_max_gb}: allowed 0.001..100000 GB (leave it out for no limit)")
+        check(not (self.no_archive and self.archive is not None), "--archive and --no-archive: give one of them")
+        check(self.archive is None or self.generates,
+              f"--archive {self.archive}: the archive keeps generated clips: drop it with --clips/--demo")
+        check(self.archive is None or not self.archive.is_file(),
+              f"--archive {self.archive}: that is a file: give a folder (it is made if missing)")
         check(0 <= self.generator_nice <= 19,
               f"--generator-nice {self.generator_nice}: allowed 0..19 (0: same priority as the audio)")
         check(not (self.prompts and (self.clips is not None or self.demo)),

@@ -191,7 +191,7 @@ class Engine:
             assert isinstance(value, tuple)
             gen.set_weights(ref.slot, value)
         else:
-            gen.set(ref.slot, p.name, as_float(value))
+            gen.set(ref.slot, p.name, value if isinstance(value, str) else as_float(value))  # str: fallback
 
     def flush(self, slot: int) -> None:
         """A new prompt: drop the slot's queued clips now (the playing clip plays on), or when

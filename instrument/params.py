@@ -209,6 +209,11 @@ PARAMS: tuple[Param, ...] = (
           min=2.0, max=30.0, unit="s", target="generator", cli=True),
     Param("slot/regenerate", "slot", "trigger", 0,
           "Drop the queued clips and make new ones now (same prompt, new seeds).", target="generator"),
+    Param("slot/fallback", "slot", "enum", "archive",
+          "What the slot plays when generation falls behind (and at once on a prompt change, and while the "
+          "model loads): archive (a kept clip whose prompt is among the most similar, until new clips "
+          "come), loop (its own clip again) or silence (a fade out).",
+          choices=("archive", "loop", "silence"), target="generator", cli=True),
 )
 
 

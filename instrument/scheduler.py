@@ -6,6 +6,15 @@ next request goes to the slot whose audio runs out first; several slots go out t
 worker can batch them. A prompt change bumps the slot's generation: its queued clips are flushed,
 its in-flight request is cancelled, the new request jumps the worker's queue, and the first clip
 of the new prompt crossfades in as soon as it arrives ("cut").
+
+When the generator has nothing for a slot, the slot's `fallback` decides what it plays: `archive`
+(with an `ArchiveLink`, `instrument/fallback.py`): a kept clip of a similar prompt, at once on a
+prompt change and whenever the slot is about to run dry (nothing queued and less than the crossfade
+plus `fallback_lead` seconds left), also while the model loads; `silence`: a fade to silence;
+`loop`: the mixer crossfades the slot's clip into its own start. The first fresh clip after a
+fallback cuts in at once. Live, that is all it takes; an offline render (`fallback_lead` None)
+waits for the generator as before and falls back only once the generator is stopped or failed.
+Every clip the generator makes is handed to the archive's writer as it arrives.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import numpy as np
 from instrument.blend import format_blend, parse_blend
 from instrument.clips import Clip
 from instrument.errors import ParamError
+from instrument.fallback import FALLBACKS, ArchiveLink, silence
 from instrument.generator.protocol import ClipReady, Dropped, Failed, Request
 from instrument.generator.worker import GeneratorClient
 from instrument.sources import Player
@@ -41,6 +51,9 @@ class SlotPlan:
     count: int = 0  # requests made for this slot: drives the derived seeds
     cut: bool = False  # the next clip of this generation crossfades in as soon as it arrives
     inbox: deque[Clip] = field(default_factory=deque)
+    fallback: str = "archive"  # what it plays when the generator has nothing for it (FALLBACKS)
+    new_prompt: bool = False  # its prompt changed and no clip answered it yet: an archive clip cuts in
+    covering: bool = False  # a fallback clip went out since its last fresh clip: the next fresh one cuts in
 
 
 @dataclass
@@ -50,6 +63,7 @@ class GenStats:
     nonfinite: int = 0
     cancelled: int = 0
     failures: int = 0
+    fallbacks: int = 0  # clips played from the archive (or silence) while the generator had none
     last_gen_seconds: float = 0.0
     rtf: float = 0.0  # generation time / audio time of the last call (< 1: faster than real time)
 
@@ -86,6 +100,9 @@ class Scheduler:
         self._next_id = 1
         self.fed_timeout = 600.0  # a render's longest wait for one clip (a first model load can be slow)
         self.on_event: Callable[[str], None] = lambda text: log.warning("%s", text)
+        self.archive: ArchiveLink | None = None  # keeps every clip; gives the `archive` fallback's clips
+        self.fallback_lead: float | None = 1.0  # s before the crossfade a dry slot falls back (None: render)
+        self.xfade: Callable[[], float] = lambda: 4.0  # the crossfade time now (the engine's, once built)
 
     def attach(self, engine: Player) -> None:
         self.engine = engine
@@ -111,6 +128,7 @@ class Scheduler:
         p.prompt = text
         p.parts = blend_parts(text)
         self.regenerate(slot)
+        p.new_prompt = bool(text)
 
     def set_weights(self, slot: int, weights: tuple[float, ...]) -> None:
         """New weights for the parts of the slot's blend (conditioning is mixed, not audio)."""
@@ -120,9 +138,16 @@ class Scheduler:
         if text != p.prompt:
             p.prompt = text  # the parts stay: a weight at 0 can come back
             self.regenerate(slot)
+            p.new_prompt = True
 
-    def set(self, slot: int, key: str, value: float) -> None:
+    def set(self, slot: int, key: str, value: float | str) -> None:
         p = self.plans[slot]
+        if key == "fallback":
+            if value not in FALLBACKS:
+                raise ParamError(f"slot {slot + 1} fallback: {value!r} is not one of {', '.join(FALLBACKS)}")
+            p.fallback = str(value)
+            return
+        value = float(value)
         if key == "steps":
             p.steps = int(value)
         elif key == "guidance":
@@ -150,10 +175,87 @@ class Scheduler:
     # -- clip source -----------------------------------------------------------------------------
     def next_clip(self, slot: int) -> Clip | None:
         inbox = self.plans[slot].inbox
-        return inbox.popleft() if inbox else None
+        return inbox.popleft() if inbox else self._fallback(slot)
 
     def close(self) -> None:
-        self.client.stop()
+        try:
+            self.client.stop()
+        finally:
+            if self.archive is not None:
+                self.archive.close()
+
+    # -- fallback --------------------------------------------------------------------------------
+    @property
+    def down(self) -> bool:
+        """The generator makes nothing more (stopped, or failed for good)."""
+        return self.client.state in ("failed", "stopped")
+
+    def plays_while_loading(self) -> bool:
+        """Whether the audio may start before the model has loaded: the archive has clips for the
+        slots that fall back on it (else a set starts as it always did, once the model is ready)."""
+        return (self.archive is not None and self.archive.clips_at_start > 0
+                and any(p.prompt and p.fallback == "archive" for p in self.plans))
+
+    def _falls_back(self) -> bool:
+        return self.engine is not None and (self.fallback_lead is not None or self.down)
+
+    def _running_out(self, slot: int) -> bool:
+        """Nothing queued behind what plays, and (live) it ends within the crossfade and the lead."""
+        e = self.engine
+        assert e is not None
+        if e.pending(slot) > 0:
+            return False
+        if self.fallback_lead is None or not e.mixer.slots[slot].started:
+            return True
+        return e.mixer.buffered_frames(slot) < (self.xfade() + self.fallback_lead) * e.cfg.sample_rate
+
+    def _fallback(self, slot: int) -> Clip | None:
+        """What the slot plays when its inbox is empty: an archive clip (or silence) when its prompt
+        just changed or it is about to run dry, else nothing (the mixer loops its clip)."""
+        p = self.plans[slot]
+        if not p.prompt or p.fallback == "loop" or not self._falls_back():
+            return None
+        changed = p.cut and p.new_prompt and p.fallback == "archive"
+        if not (changed or self._running_out(slot)):
+            return None
+        if p.fallback == "silence":
+            assert self.engine is not None
+            clip: Clip | None = silence(2 * self.xfade() + 1, self.engine.cfg.sample_rate)
+        else:
+            clip = self.archive.loader.take(slot, p.prompt) if self.archive is not None else None
+        if clip is None:
+            return None
+        p.new_prompt = False
+        p.covering = True
+        self.stats.fallbacks += 1
+        return replace(clip, cut=changed)
+
+    def _want_fallbacks(self) -> None:
+        """Ask the loader for each slot's next archive clip (it keeps one ready per slot)."""
+        if self.archive is None or not self._falls_back():
+            return
+        for i, p in enumerate(self.plans):
+            if p.prompt and p.fallback == "archive":
+                self.archive.loader.want(i, p.prompt)
+
+    def _feed_from_archive(self, deadline: float) -> None:
+        """The generator is down in a deterministic render: give every starving slot its fallback
+        clip, waiting for the loader (so the same clips play however fast the disk is). A slot that
+        gets nothing (no archive clip for its prompt, or `loop`) ends the render with ModelError, as
+        a down generator always did."""
+        from instrument.generator.errors import ModelError
+
+        assert self.engine is not None
+        self._want_fallbacks()
+        for i in range(len(self.plans)):
+            if self.starving(i) and self.archive is not None and self.plans[i].fallback == "archive":
+                self.archive.loader.wait(i, max(0.0, deadline - time.monotonic()))
+        self.engine.pump()
+        dry = [i + 1 for i in range(len(self.plans)) if self.starving(i) and self.engine.pending(i) == 0]
+        if dry:
+            why = self.client.error or f"it is {self.client.state}"
+            raise ModelError(f"the generator failed: {why}; slot(s) {', '.join(map(str, dry))} have nothing to "
+                             "play (no archived clip for the prompt, or the slot's fallback is loop)")
 
     def depth(self, slot: int) -> int:
         """Clips ready or coming for the slot: queued in the mixer, waiting here, in flight."""
@@ -173,6 +275,8 @@ class Scheduler:
         """Take what the worker sent, then submit what is needed next."""
         for msg in self.client.poll(timeout):
             if isinstance(msg, ClipReady):
+                if self.archive is not None:
+                    self.archive.keep(msg.clip)
                 self._arrived(msg)
             elif isinstance(msg, Dropped):
                 self._clear(msg.slot, msg.id)
@@ -186,6 +290,7 @@ class Scheduler:
                         p.inflight = None
         if self.client.state in ("ready", "busy"):
             self._submit()
+        self._want_fallbacks()
 
     def _clear(self, slot: int, req_id: int) -> None:
         p = self.plans[slot]
@@ -202,8 +307,14 @@ class Scheduler:
         wall = msg.clip.info.gen_seconds
         self.stats.last_gen_seconds = wall
         self.stats.rtf = wall / max(1e-9, msg.batch * msg.clip.seconds)
-        p.inbox.append(replace(msg.clip, cut=p.cut))
-        p.cut = False
+        cut = p.cut
+        if p.covering:  # a fallback clip plays or waits: this fresh clip takes over at once
+            p.covering = False
+            if not cut and self.engine is not None:
+                self.engine.flush(msg.slot)  # (a new prompt's flush went out already)
+            cut = True
+        p.inbox.append(replace(msg.clip, cut=cut))
+        p.cut = p.new_prompt = False
 
     def derived_seed(self, slot: int, n: int) -> int:
         """The seed of a slot's n-th request when the slot has no seed of its own (the same every run)."""
@@ -252,10 +363,9 @@ class Scheduler:
         timeout = self.fed_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while any(self.starving(i) for i in range(len(self.plans))):
-            if self.client.state == "failed":
-                from instrument.generator.errors import ModelError
-
-                raise ModelError(f"the generator failed: {self.client.error}")
+            if self.down:
+                self._feed_from_archive(deadline)
+                return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no clip from the generator in {timeout:g} s")
             self.tick(0.05)

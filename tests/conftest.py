@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,12 @@ import pytest
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Tests never write to the user's data folder: the archive's default folder (`--archive` not given) is
+# a temporary one for the session, in this process and every `endless` it starts.
+_ARCHIVE = tempfile.mkdtemp(prefix="endless-test-archive-")
+os.environ["ENDLESS_ARCHIVE"] = _ARCHIVE
+atexit.register(shutil.rmtree, _ARCHIVE, True)
 
 
 def _need(tool: str) -> str:
