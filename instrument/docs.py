@@ -74,6 +74,7 @@ def server_reference(prefix: str = DEFAULT_PREFIX) -> str:
     bindings use too), the replies, and the status sent to subscribers."""
     from instrument.control.actions import ACTIONS
     from instrument.control.osc import SERVER_ADDRESSES, STATUS_ADDRESSES, OscConfig
+    from instrument.control.osc.feedback import MAX_SENDERS
     from instrument.control.osc.pattern import MAX_PATTERN
     from instrument.control.osc.routes import FUTURE_SLACK
     from instrument.control.osc.tcp import EVICT_IDLE, MAX_OUT, MAX_SLIP_FRAME
@@ -106,8 +107,17 @@ def server_reference(prefix: str = DEFAULT_PREFIX) -> str:
              "- **Type tags** python-osc does not parse (e.g. `S`, `c`) refuse the message with one error.",
              f"- **Subscriptions.** At most {cfg.max_subscribers}. Over UDP a subscription lasts {cfg.subscribe_ttl:g} s: send `/subscribe` again to "
              f"renew it (each renewal starts with the full dump); when it ends, `{prefix}/unsubscribed` says so. "
-             "Another port than the sender's own may be subscribed only from this machine (loopback). Over TCP "
-             "a subscription lasts as long as the connection.",
+             "Over TCP a subscription lasts as long as the connection.",
+             "- **Replies to a client that listens on another port than it sends from** (Max's `udpsend` and "
+             "`udpreceive`, Pd's `netsend` and `netreceive`). Over UDP a client is its sender address: its host "
+             f"and source port. After `{prefix}/subscribe PORT`, every reply to that sender (`/pong`, a `/sync` "
+             "dump and `/sync/done`, `/error`, `/done`, `/record`) goes to PORT on its host as well, for as long "
+             "as that subscription lasts (renew it every 30 s); another client on the same host, sending from "
+             "another port, does not get them. A sender's replies go to the last port it subscribed; a port "
+             f"takes the replies of its {MAX_SENDERS} newest senders. Without subscribing: `/sync PORT`, `/ping/to PORT "
+             "[args]`. A port is always on the sender's own host, from any client the allowlist lets in (a "
+             "forged sender address could already point a plain `/subscribe` anywhere; subscriptions end and "
+             "are capped), and never the server's own port.",
              f"- **Replies over UDP** larger than one datagram ({MAX_UDP_REPLY:,} bytes) are not sent: an error names the "
              f"address instead (use TCP for them); `{prefix}/sync/done <count>` counts the messages actually sent.",
              f"- **TCP** (`--osc-tcp-port`, OSC 1.1 SLIP framing): at most {cfg.max_connections} connections; when full, the one that "

@@ -429,11 +429,15 @@ def test_subscribe_sync_echo_unsubscribe(serve: Any) -> None:
         assert len(dump) == n_values + n_norm + 2 and dump[-1] == ("/endless/sync/done", [len(dump) - 1])
         assert ("/endless/slot/2/mute", [0]) in dump and ("/endless/curve", ["equal_power"]) in dump
         assert ("/endless/record", [0]) in dump
+        assert _next_echo(other)[0] == "/endless/pong"  # the exchange's marker: the client's replies come here too
         # the sender itself gets the dump on /sync, and the other port the echo of a change
         sync = client.exchange(("/endless/sync",))
         assert sync == dump
+        other_sync = [_next_echo(other) for _ in range(len(dump) + 1)]  # the client's reply port: it too (issue 13)
+        assert other_sync[:-1] == dump and other_sync[-1][0] == "/endless/pong"
         assert client.exchange(("/endless/slot/2/mute", 1)) == []  # not subscribed itself
         assert _next_echo(other) == ("/endless/slot/2/mute", [1])
+        assert _next_echo(other)[0] == "/endless/pong"
         e.handle("/endless/xfade", [2.0])  # a change from any other input is echoed too
         assert _next_echo(other) == ("/endless/xfade", [2.0])
         client.exchange(("/endless/unsubscribe", other.getsockname()[1]))

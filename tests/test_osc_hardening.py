@@ -320,7 +320,7 @@ def test_a_reply_too_large_for_a_datagram_is_an_error_and_sync_counts_what_was_s
     assert "250" in err and "TCP" in err, err
 
 
-# -- finding 12d: subscriptions expire unless renewed; another port only from loopback ---------------------------
+# -- finding 12d: subscriptions expire unless renewed; another port on the sender's own host (issue 13) ----------
 def test_a_subscription_expires_unless_renewed(serve: Serve) -> None:
     e = mix_engine()
     server, client = serve(e, subscribe_ttl=2.0)
@@ -349,20 +349,26 @@ def _lan() -> str:
     return host
 
 
-def test_only_loopback_may_subscribe_another_port(serve: Serve) -> None:
+def test_a_lan_peer_may_subscribe_another_port_on_its_own_host(serve: Serve) -> None:
+    """Max on a second laptop: udpsend from one port, udpreceive on another. Any allowed peer may
+    subscribe a port on its own host (issue 13); its replies reach that port too."""
     host = _lan()
-    server, _ = serve(mix_engine(), host="0.0.0.0")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    server, _ = serve(mix_engine(), host="0.0.0.0", allow=(host,))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listen:
         s.bind((host, 0))
-        s.settimeout(5)
-        s.sendto(encode("/endless/subscribe", 9), (host, server.port))
+        listen.bind((host, 0))
+        listen.settimeout(5)
+        port = listen.getsockname()[1]
+        s.sendto(encode("/endless/subscribe", port), (host, server.port))
         pump(server, 1.0)
-        got = parse(s.recv(65536))
-        assert got[0][0] == "/endless/error" and "loopback" in got[0][1][1], got
-        assert server.subscribers() == []
-        s.sendto(encode("/endless/subscribe"), (host, server.port))  # its own address: fine
+        assert [str(p) for p in server.subscribers()] == [f"udp:{host}:{port}"]
+        s.sendto(encode("/endless/ping", 7), (host, server.port))
         pump(server, 1.0)
-        assert [str(p) for p in server.subscribers()] == [f"udp:{host}:{s.getsockname()[1]}"]
+        got: list[Msg] = []
+        while ("/endless/pong", [7]) not in got:
+            got += [m for m in parse(listen.recv(65536)) if not m[0].startswith("/endless/status/")]
+        assert got[-2:] == [("/endless/sync/done", [len(got) - 2]), ("/endless/pong", [7])], got[-3:]
 
 
 # -- deliverable 5: what listens where ----------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """OSC feedback: everything the server sends, on one sender thread.
 
-- replies: `/pong`, `/done`, `/record`, `/error` to a sender (queued by the routes);
+- replies: `/pong`, `/done`, `/record`, `/error`, `/sync` dumps to a sender (queued by the routes),
+  and to its reply port: a UDP sender that subscribed another port on its host (`/subscribe PORT`,
+  as Max's udpsend and Pd's netsend do: they send from one port and listen on another) gets its
+  replies there as well, while that subscription lasts (`targets`);
 - echo: every change the engine accepts, from any input (OSC, MIDI, presets, scripts), on its own
   address (real units, and /normalized) to every subscriber. The engine listener only queues it:
   whoever changes the engine (holding its lock) never waits on a socket;
@@ -64,7 +67,7 @@ STATUS_ADDRESSES: tuple[Address, ...] = (
 
 @dataclass(frozen=True)
 class _Out:
-    dest: Peer | None  # None: every subscriber
+    dests: tuple[Peer, ...] | None  # None: every subscriber
     msgs: tuple[Msg, ...]
     status: bool = False
     sync: bool = False  # a dump: ends with /sync/done and the count sent
@@ -72,6 +75,7 @@ class _Out:
 
 
 MAX_WAITING = 4096  # replies queued for the sender thread at most
+MAX_SENDERS = 4  # UDP senders whose replies one subscribed port also takes (the newest kept)
 
 
 class Feedback:
@@ -88,6 +92,7 @@ class Feedback:
         self._note = note
         self._outbox: queue.Queue[_Out | None] = queue.Queue()
         self._subs: dict[tuple[object, ...], tuple[Peer, float]] = {}  # key: (where, until when)
+        self._via: dict[tuple[object, ...], Peer] = {}  # a UDP sender's key: the port it subscribed (_subs_lock)
         self._subs_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._status_due = 0.0
@@ -121,35 +126,61 @@ class Feedback:
         with self._subs_lock:
             return dest.key in self._subs or len(self._subs) < self.config.max_subscribers
 
-    def subscribe(self, dest: Peer) -> None:
-        """Add `dest` and send it the full state (the caller holds the engine lock: no change falls
-        between the dump and the first echo)."""
+    def subscribe(self, dest: Peer, sender: Peer | None = None) -> None:
+        """Add (or renew) `dest` and send it the full state (the caller holds the engine lock: no
+        change falls between the dump and the first echo). A UDP `sender` other than `dest` gets
+        its replies at `dest` as well from now on, until the subscription ends (`targets`)."""
         until = math.inf if dest.conn is not None else time.monotonic() + self.config.subscribe_ttl
         with self._subs_lock:
             self._subs[dest.key] = (dest, until)
+            if sender is not None and sender.conn is None and sender.key != dest.key:
+                self._via.pop(sender.key, None)  # a sender's replies: the last port it subscribed
+                self._via[sender.key] = dest
+                senders = [k for k, d in self._via.items() if d.key == dest.key]
+                for k in senders[:-MAX_SENDERS]:
+                    del self._via[k]
         self._status_refresh = True
         self.sync(dest)
 
-    def sync(self, dest: Peer) -> None:
-        """Every current value to `dest`, then `/sync/done <count sent>` (holding the engine lock)."""
-        self._outbox.put(_Out(dest, self.dump(), sync=True))
+    def targets(self, sender: Peer) -> tuple[Peer, ...]:
+        """Where a reply to `sender` goes: to it, and to the port it subscribed, if it did (a UDP
+        sender is its host and source port: another client on the same host is another sender)."""
+        with self._subs_lock:
+            via = self._via.get(sender.key)
+        return (sender,) if via is None else (sender, via)
+
+    def sync(self, *dests: Peer) -> None:
+        """Every current value to each of `dests`, then `/sync/done <count sent>` (holding the engine lock)."""
+        self._outbox.put(_Out(dests, self.dump(), sync=True))
 
     def _expire(self, now: float) -> None:
         """End the UDP subscriptions not renewed in time, telling each (`/unsubscribed`)."""
         with self._subs_lock:
             gone = [p for p, until in self._subs.values() if until < now]
-            for p in gone:
-                del self._subs[p.key]
+            self._end(gone)
         for p in gone:
-            self.reply(p, (f"{self.prefix}/unsubscribed", ()))
+            self.send((p,), (f"{self.prefix}/unsubscribed", ()))
 
     def unsubscribe(self, dest: Peer) -> None:
         with self._subs_lock:
-            self._subs.pop(dest.key, None)
+            self._end([dest])
+
+    def _end(self, dests: list[Peer]) -> None:
+        """Remove subscriptions, and the senders whose replies went to them (holding `_subs_lock`)."""
+        keys = {d.key for d in dests}
+        for k in keys:
+            self._subs.pop(k, None)
+        for k in [k for k, d in self._via.items() if d.key in keys]:
+            del self._via[k]
 
     # -- what goes out ---------------------------------------------------------------------------
-    def reply(self, dest: Peer, *msgs: Msg) -> None:
-        self._put(_Out(dest, msgs))
+    def reply(self, sender: Peer, *msgs: Msg) -> None:
+        """To a sender: to it, and to its reply port (`targets`)."""
+        self._put(_Out(self.targets(sender), msgs))
+
+    def send(self, dests: tuple[Peer, ...], *msgs: Msg) -> None:
+        """To exactly `dests`."""
+        self._put(_Out(dests, msgs))
 
     def to_all(self, *msgs: Msg) -> None:
         """To every subscriber (those there when it is sent)."""
@@ -276,7 +307,7 @@ class Feedback:
                 echoes, self._echoes = self._echoes, {}
             msgs = tuple(m for ms in echoes.values() for m in ms)
         wire = self._wire
-        dests = [d for d in ([item.dest] if item.dest is not None else self.subscribers()) if wire.alive(d)]
+        dests = [d for d in (item.dests if item.dests is not None else self.subscribers()) if wire.alive(d)]
         if not dests:
             return
         sent = dict.fromkeys([d.key for d in dests], 0)

@@ -37,7 +37,7 @@ from instrument.control.bus import ControlBus, Job
 from instrument.control.osc.config import OscStats, RateLog
 from instrument.control.osc.feedback import Address, Feedback
 from instrument.control.osc.pattern import Matcher, is_pattern
-from instrument.control.osc.transport import Peer
+from instrument.control.osc.transport import Peer, Transport
 from instrument.control.osc.wire import encode, problem
 from instrument.errors import EndlessError, ParamError
 from instrument.params import Ref, Value
@@ -49,13 +49,17 @@ if TYPE_CHECKING:
 SERVER_ADDRESSES: tuple[Address, ...] = (
     Address("ping", "[any]", "Answered with `/pong` and the same arguments once everything sent before "
             "it has been applied (round-trip time, liveness, a barrier)."),
+    Address("ping/to", "port [any]", "As `/ping`, its `/pong` (with the arguments after the port) sent to "
+            "`port` on the sender's host instead: for a client that listens on another port than it sends from."),
     Address("subscribe", "[port]", "Send every accepted change (on its own address, real and /normalized), "
-            "and the status below, to the sender's address, or to `port` on the sender's host (another "
-            "port only from this machine: loopback); starts with a full dump as `/sync` gives. Over UDP "
-            "it lasts 60 s: send `/subscribe` again to renew it (it ends with `/unsubscribed`). Over TCP "
-            "without a port: on the connection, as long as it is open."),
-    Address("unsubscribe", "[port]", "Stop sending to that address."),
-    Address("sync", "", "Dump every current value to the sender, then `/sync/done <count>`."),
+            "and the status below, to the sender's address, or to `port` on the sender's host; starts with "
+            "a full dump as `/sync` gives. With a port, over UDP, the sender's replies (`/pong`, `/sync`, "
+            "`/error`, `/done`, `/record`) go to that port as well while the subscription lasts (see "
+            "Limits). Over UDP it lasts 60 s: send `/subscribe` again to renew it (it ends with "
+            "`/unsubscribed`). Over TCP without a port: on the connection, as long as it is open."),
+    Address("unsubscribe", "[port]", "Stop sending to that address (answered there with `/unsubscribed`)."),
+    Address("sync", "[port]", "Dump every current value to the sender (and its reply port), or to `port` on "
+            "the sender's host, then `/sync/done <count>`. A 1 (a button's press) is no port."),
 )
 SWITCHES = frozenset({"record"})  # actions whose 0 means "off", not a button's release
 NOT_APPLIED = "not applied: another message in its bundle (or address pattern) was refused"
@@ -65,7 +69,7 @@ FUTURE_SLACK = 1.0  # s: a bundle timetag this far ahead of the clock here still
 @dataclass(frozen=True)
 class _Route:
     address: str
-    kind: str  # "param", "action", or a server address: "ping", "subscribe", "unsubscribe", "sync"
+    kind: str  # "param", "action", or a server address: "ping", "ping/to", "subscribe", "unsubscribe", "sync"
     path: str = ""  # actions: below the prefix
     ref: Ref | None = None  # parameters
     button: bool = False  # a first argument 0 or false is a button's release, and does nothing
@@ -78,7 +82,7 @@ class _Msg:
     route: _Route
     args: tuple[Any, ...]
     value: Value = 0  # parameters: the coerced value
-    dest: Peer | None = None  # subscribe, unsubscribe: where
+    dest: Peer | None = None  # subscribe, unsubscribe, ping/to, sync: where (sync: None, the sender)
 
     @property
     def address(self) -> str:
@@ -89,9 +93,10 @@ class Routes:
     """Receives packets from the transport (`Receiver`) and submits one job per packet to the bus."""
 
     def __init__(self, bus: ControlBus, feedback: Feedback, stats: OscStats, actions: Actions | None,
-                 note: RateLog) -> None:
+                 note: RateLog, transport: Transport) -> None:
         self.bus = bus
         self.feedback = feedback
+        self.transport = transport
         self.stats = stats
         self.actions = actions
         self.registry = bus.engine.registry
@@ -200,15 +205,26 @@ class Routes:
             if route.ref.param.kind == "text":
                 args = (_words(args, route.address),)
             return _Msg(route, args, value=self.registry.coerce(route.ref, args))
-        if route.kind in ("subscribe", "unsubscribe"):
-            return _Msg(route, args, dest=_subscriber(peer, route.address, args))
-        if route.kind == "ping":
+        if route.kind in ("subscribe", "unsubscribe", "sync"):
+            if len(args) > 1:
+                raise ParamError(f"{route.address}: expected no argument or a port 1..65535, got {list(args)}")
+            if not args or (route.kind == "sync" and args[0] in (1, True)):  # a button's press: the sender
+                return _Msg(route, args, dest=peer if route.kind != "sync" else None)
+            return _Msg(route, args, dest=self._reply_port(peer, route.address, args[0]))
+        if route.kind in ("ping", "ping/to"):
+            dest = None
+            if route.kind == "ping/to":
+                if not args:
+                    raise ParamError(f"{route.address}: expected a port 1..65535 (where the pong goes), then the "
+                                     "arguments to send back")
+                dest, args = self._reply_port(peer, route.address, args[0]), args[1:]
             try:
                 encode(route.address, args)
             except Exception:
                 raise ParamError(f"{route.address}: {[type(a).__name__ for a in args]}: arguments the pong cannot "
                                  "send back (a timetag?): ping takes ints, floats, text, blobs, true, false and "
                                  "nil") from None
+            return _Msg(route, args, dest=dest)
         if route.kind == "action" and self.actions is None:
             raise ParamError(f"{route.address}: not available here (presets, MIDI learn and recording come with "
                              "`endless play`)")
@@ -257,15 +273,16 @@ class Routes:
                 fb.error(peer, m.address, str(e))
                 return
             self.stats.applied += 1
-        elif kind == "ping":
-            fb.reply(peer, (f"{self.prefix}/pong", m.args))
+        elif kind in ("ping", "ping/to"):
+            pong = (f"{self.prefix}/pong", m.args)
+            fb.send((m.dest,), pong) if m.dest is not None else fb.reply(peer, pong)
         elif kind == "sync":
-            fb.sync(peer)
+            fb.sync(*((m.dest,) if m.dest is not None else fb.targets(peer)))
         elif kind == "subscribe" and m.dest is not None:
-            fb.subscribe(m.dest)
+            fb.subscribe(m.dest, peer)
         elif kind == "unsubscribe" and m.dest is not None:
             fb.unsubscribe(m.dest)
-            fb.reply(m.dest, (f"{self.prefix}/unsubscribed", ()))
+            fb.send((m.dest,), (f"{self.prefix}/unsubscribed", ()))
         elif plan is not None:
             try:
                 done = plan()
@@ -278,14 +295,31 @@ class Routes:
     def _done(self, peer: Peer, address: str, done: Done) -> None:
         """An action's answer to its sender: `/done <address> <text>`, or a recording's `/record <on>
         <path>` (subscribers have it already: `Feedback.announce`)."""
+        fb = self.feedback
         if done.recording is None:
-            self.feedback.reply(peer, (f"{self.prefix}/done", (address, done.text)))
-        elif peer.key not in {d.key for d in self.feedback.subscribers()}:
-            self.feedback.reply(peer, (f"{self.prefix}/record", (int(done.recording), done.text)))
+            fb.reply(peer, (f"{self.prefix}/done", (address, done.text)))
+            return
+        subscribed = {d.key for d in fb.subscribers()}
+        dests = tuple(d for d in fb.targets(peer) if d.key not in subscribed)
+        if dests:
+            fb.send(dests, (f"{self.prefix}/record", (int(done.recording), done.text)))
 
     def _refuse(self, peer: Peer, errors: list[tuple[str, str]]) -> None:
         for address, text in errors:
             self.feedback.error(peer, address, text)
+
+    def _reply_port(self, peer: Peer, address: str, port: object) -> Peer:
+        """`port` on the sender's host (UDP), from any client the allowlist lets in: never another
+        host, and never this server's own port (it would answer itself for ever)."""
+        if isinstance(port, bool) or not isinstance(port, (int, float)) or not float(port).is_integer() \
+                or not 1 <= port <= 65535:
+            raise ParamError(f"{address}: {port!r} is not a port: expected a port 1..65535 on your host, where "
+                             "your client listens")
+        dest = Peer(peer.host, int(port))
+        if self.transport.is_self(dest):
+            raise ParamError(f"{address} {dest.port}: that is this server's own port, where it listens: give the "
+                             "port your client listens on")
+        return dest
 
     def _bug(self, peer: Peer, address: str, e: Exception) -> str:
         """Count and log a bug met handling `address`; returns what to tell the sender."""
@@ -297,20 +331,6 @@ class Routes:
 def _is_release(a: object) -> bool:
     """A button's release: 0 or false (TouchOSC sends 1 on press, 0 on release)."""
     return a is False or (isinstance(a, (int, float)) and not isinstance(a, bool) and a == 0)
-
-
-def _subscriber(peer: Peer, address: str, args: tuple[Any, ...]) -> Peer:
-    """Where /subscribe and /unsubscribe mean: the sender, or `port` on the sender's host."""
-    if not args:
-        return peer
-    port = args[0]
-    if len(args) > 1 or isinstance(port, bool) or not isinstance(port, (int, float)) \
-            or not float(port).is_integer() or not 1 <= port <= 65535:
-        raise ParamError(f"{address}: expected no argument or a port 1..65535, got {list(args)}")
-    if int(port) != peer.port and peer.conn is None and not peer.loopback:
-        raise ParamError(f"{address} {int(port)}: only a client on this machine (loopback) may subscribe another "
-                         f"port; from {peer.host}, send /subscribe without a port: feedback goes where you send from")
-    return Peer(peer.host, int(port))
 
 
 def _words(args: tuple[Any, ...], where: str) -> str:

@@ -46,7 +46,7 @@ class OscServer:
         note = RateLog()
         self.transport = Transport(config, self.stats, note)
         self.feedback = Feedback(self.engine, config, self.stats, self.transport, note)
-        self.routes = Routes(bus, self.feedback, self.stats, actions, note)
+        self.routes = Routes(bus, self.feedback, self.stats, actions, note, self.transport)
         if actions is not None:
             actions.listeners.append(self.feedback.announce)
         self._started = False

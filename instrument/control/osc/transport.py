@@ -134,6 +134,21 @@ class Transport:
             self.stats.send_errors += 1
         return ok
 
+    def is_self(self, dest: Peer) -> bool:
+        """Whether `dest` is this server's own UDP socket (a reply port there would answer itself for
+        ever): its port, on loopback or on an address of this machine (one a socket can bind)."""
+        if dest.conn is not None or dest.port != self.port:
+            return False
+        if dest.loopback or dest.host == self.config.host:
+            return True
+        try:
+            family = socket.AF_INET6 if ":" in dest.host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.bind((dest.host, 0))
+        except OSError:
+            return False  # not an address of this machine
+        return True
+
     @staticmethod
     def fits(dest: Peer, size: int) -> bool:
         """Whether a packet of `size` bytes can go to `dest` at all (UDP: one datagram)."""
