@@ -405,7 +405,6 @@
 			{
 				"box": {
 					"id": "obj-22",
-					"linecount": 2,
 					"maxclass": "newobj",
 					"numinlets": 2,
 					"numoutlets": 1,
@@ -415,8 +414,8 @@
 					"patching_rect": [
 						10.0,
 						214.0,
-						220.0,
-						36.0
+						240.0,
+						22.0
 					],
 					"text": "metro 1n @quantize 1n @active 1"
 				}
@@ -428,9 +427,9 @@
 					"numinlets": 1,
 					"numoutlets": 0,
 					"patching_rect": [
-						240.0,
-						214.0,
 						260.0,
+						214.0,
+						250.0,
 						20.0
 					],
 					"text": "bangs on every bar while the transport runs"

@@ -286,7 +286,7 @@
 					"patching_rect": [
 						10.0,
 						112.0,
-						1350.0,
+						1360.0,
 						64.0
 					]
 				}
@@ -4698,7 +4698,7 @@
 			},
 			{
 				"box": {
-					"bottomvalue": 0,
+					"bottomvalue": 1000,
 					"hint": "XY morph over slots 1-4 (mode xy).",
 					"id": "obj-240",
 					"leftvalue": 0,
@@ -4717,7 +4717,7 @@
 						140.0
 					],
 					"rightvalue": 1000,
-					"topvalue": 1000
+					"topvalue": 0
 				}
 			},
 			{
@@ -4807,6 +4807,66 @@
 					"numinlets": 1,
 					"numoutlets": 0,
 					"patching_rect": [
+						1206.0,
+						300.0,
+						16.0,
+						20.0
+					],
+					"text": "1"
+				}
+			},
+			{
+				"box": {
+					"id": "obj-246",
+					"maxclass": "comment",
+					"numinlets": 1,
+					"numoutlets": 0,
+					"patching_rect": [
+						1364.0,
+						300.0,
+						16.0,
+						20.0
+					],
+					"text": "2"
+				}
+			},
+			{
+				"box": {
+					"id": "obj-247",
+					"maxclass": "comment",
+					"numinlets": 1,
+					"numoutlets": 0,
+					"patching_rect": [
+						1206.0,
+						428.0,
+						16.0,
+						20.0
+					],
+					"text": "3"
+				}
+			},
+			{
+				"box": {
+					"id": "obj-248",
+					"maxclass": "comment",
+					"numinlets": 1,
+					"numoutlets": 0,
+					"patching_rect": [
+						1364.0,
+						428.0,
+						16.0,
+						20.0
+					],
+					"text": "4"
+				}
+			},
+			{
+				"box": {
+					"id": "obj-249",
+					"maxclass": "comment",
+					"numinlets": 1,
+					"numoutlets": 0,
+					"patching_rect": [
 						1020.0,
 						456.0,
 						340.0,
@@ -4818,7 +4878,7 @@
 			{
 				"box": {
 					"hint": "Internal tempo (ignored while slaved to MIDI clock, which sets it).",
-					"id": "obj-246",
+					"id": "obj-250",
 					"maxclass": "flonum",
 					"maximum": 300.0,
 					"minimum": 20.0,
@@ -4841,7 +4901,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-247",
+					"id": "obj-251",
 					"maxclass": "newobj",
 					"numinlets": 1,
 					"numoutlets": 1,
@@ -4861,7 +4921,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-248",
+					"id": "obj-252",
 					"maxclass": "newobj",
 					"numinlets": 2,
 					"numoutlets": 2,
@@ -4882,7 +4942,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-249",
+					"id": "obj-253",
 					"maxclass": "message",
 					"numinlets": 2,
 					"numoutlets": 1,
@@ -4901,7 +4961,7 @@
 			{
 				"box": {
 					"hint": "Where prompt changes, next triggers and preset recalls land: at once, or on the next beat or bar, sample-accurately.",
-					"id": "obj-250",
+					"id": "obj-254",
 					"items": [
 						"off",
 						",",
@@ -4930,7 +4990,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-251",
+					"id": "obj-255",
 					"maxclass": "newobj",
 					"numinlets": 1,
 					"numoutlets": 1,
@@ -4950,7 +5010,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-252",
+					"id": "obj-256",
 					"maxclass": "newobj",
 					"numinlets": 2,
 					"numoutlets": 2,
@@ -4971,7 +5031,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-253",
+					"id": "obj-257",
 					"maxclass": "newobj",
 					"numinlets": 1,
 					"numoutlets": 1,
@@ -4989,7 +5049,7 @@
 			},
 			{
 				"box": {
-					"id": "obj-254",
+					"id": "obj-258",
 					"maxclass": "comment",
 					"numinlets": 1,
 					"numoutlets": 0,
@@ -5004,7 +5064,7 @@
 			},
 			{
 				"box": {
-					"id": "obj-255",
+					"id": "obj-259",
 					"maxclass": "comment",
 					"numinlets": 1,
 					"numoutlets": 0,
@@ -5019,7 +5079,7 @@
 			},
 			{
 				"box": {
-					"id": "obj-256",
+					"id": "obj-260",
 					"maxclass": "comment",
 					"numinlets": 1,
 					"numoutlets": 0,
@@ -5034,7 +5094,7 @@
 			},
 			{
 				"box": {
-					"id": "obj-257",
+					"id": "obj-261",
 					"maxclass": "comment",
 					"numinlets": 1,
 					"numoutlets": 0,
@@ -5049,7 +5109,7 @@
 			},
 			{
 				"box": {
-					"id": "obj-258",
+					"id": "obj-262",
 					"maxclass": "comment",
 					"numinlets": 1,
 					"numoutlets": 0,
@@ -5065,7 +5125,7 @@
 			{
 				"box": {
 					"hint": "Store every slot's prompt, generation and mix settings as preset `name`.",
-					"id": "obj-259",
+					"id": "obj-263",
 					"keymode": 1,
 					"lines": 0,
 					"maxclass": "textedit",
@@ -5091,7 +5151,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-260",
+					"id": "obj-264",
 					"maxclass": "newobj",
 					"numinlets": 2,
 					"numoutlets": 2,
@@ -5112,7 +5172,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-261",
+					"id": "obj-265",
 					"maxclass": "newobj",
 					"numinlets": 1,
 					"numoutlets": 1,
@@ -5131,7 +5191,7 @@
 			{
 				"box": {
 					"hint": "Recall a preset (a name, or a number in the preset list), gliding mix settings over `glide` seconds (default: the preset's own, else each parameter's smoothing). From MIDI: on `program = \"any\"` without a preset, program change N recalls preset number N + 1.",
-					"id": "obj-262",
+					"id": "obj-266",
 					"maxclass": "number",
 					"maximum": 128,
 					"minimum": 1,
@@ -5154,7 +5214,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-263",
+					"id": "obj-267",
 					"maxclass": "newobj",
 					"numinlets": 1,
 					"numoutlets": 1,
@@ -5173,7 +5233,7 @@
 			{
 				"box": {
 					"hint": "Pre-generate the preset's clips so its recall plays new material at once.",
-					"id": "obj-264",
+					"id": "obj-268",
 					"maxclass": "number",
 					"maximum": 128,
 					"minimum": 1,
@@ -5196,7 +5256,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-265",
+					"id": "obj-269",
 					"maxclass": "newobj",
 					"numinlets": 1,
 					"numoutlets": 1,
@@ -5215,7 +5275,7 @@
 			{
 				"box": {
 					"hint": "Recall the previous preset in the list.",
-					"id": "obj-266",
+					"id": "obj-270",
 					"maxclass": "button",
 					"numinlets": 1,
 					"numoutlets": 1,
@@ -5235,7 +5295,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-267",
+					"id": "obj-271",
 					"maxclass": "message",
 					"numinlets": 2,
 					"numoutlets": 1,
@@ -5254,7 +5314,7 @@
 			{
 				"box": {
 					"hint": "Recall the next preset in the list (after the last one recalled).",
-					"id": "obj-268",
+					"id": "obj-272",
 					"maxclass": "button",
 					"numinlets": 1,
 					"numoutlets": 1,
@@ -5274,7 +5334,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-269",
+					"id": "obj-273",
 					"maxclass": "message",
 					"numinlets": 2,
 					"numoutlets": 1,
@@ -5293,7 +5353,7 @@
 			{
 				"box": {
 					"hint": "What an action answered.",
-					"id": "obj-270",
+					"id": "obj-274",
 					"maxclass": "message",
 					"numinlets": 2,
 					"numoutlets": 1,
@@ -5313,7 +5373,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-271",
+					"id": "obj-275",
 					"maxclass": "newobj",
 					"numinlets": 2,
 					"numoutlets": 2,
@@ -5334,7 +5394,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-272",
+					"id": "obj-276",
 					"maxclass": "newobj",
 					"numinlets": 1,
 					"numoutlets": 1,
@@ -5353,7 +5413,7 @@
 			{
 				"box": {
 					"hint": "Recall a preset by number.",
-					"id": "obj-273",
+					"id": "obj-277",
 					"items": [
 						1,
 						",",
@@ -5408,7 +5468,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-274",
+					"id": "obj-278",
 					"maxclass": "newobj",
 					"numinlets": 2,
 					"numoutlets": 1,
@@ -5428,7 +5488,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-275",
+					"id": "obj-279",
 					"maxclass": "newobj",
 					"numinlets": 1,
 					"numoutlets": 1,
@@ -5446,7 +5506,7 @@
 			},
 			{
 				"box": {
-					"id": "obj-276",
+					"id": "obj-280",
 					"maxclass": "comment",
 					"numinlets": 1,
 					"numoutlets": 0,
@@ -5462,7 +5522,7 @@
 			{
 				"box": {
 					"hint": "Start (1) or stop (0) recording the output (no argument: toggle); `name` is a file name (`take1.wav`, `.flac`), no folders. Answered, and sent to subscribers, with `/record <1 or 0> <path>`.",
-					"id": "obj-277",
+					"id": "obj-281",
 					"maxclass": "toggle",
 					"numinlets": 1,
 					"numoutlets": 1,
@@ -5482,7 +5542,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-278",
+					"id": "obj-282",
 					"maxclass": "newobj",
 					"numinlets": 1,
 					"numoutlets": 1,
@@ -5502,7 +5562,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-279",
+					"id": "obj-283",
 					"maxclass": "newobj",
 					"numinlets": 2,
 					"numoutlets": 2,
@@ -5523,7 +5583,7 @@
 				"box": {
 					"fontsize": 10.0,
 					"hidden": 1,
-					"id": "obj-280",
+					"id": "obj-284",
 					"maxclass": "message",
 					"numinlets": 2,
 					"numoutlets": 1,
@@ -8100,11 +8160,11 @@
 			{
 				"patchline": {
 					"destination": [
-						"obj-247",
+						"obj-251",
 						0
 					],
 					"source": [
-						"obj-246",
+						"obj-250",
 						0
 					]
 				}
@@ -8116,7 +8176,7 @@
 						0
 					],
 					"source": [
-						"obj-247",
+						"obj-251",
 						0
 					]
 				}
@@ -8124,7 +8184,7 @@
 			{
 				"patchline": {
 					"destination": [
-						"obj-248",
+						"obj-252",
 						0
 					],
 					"source": [
@@ -8136,66 +8196,6 @@
 			{
 				"patchline": {
 					"destination": [
-						"obj-249",
-						0
-					],
-					"source": [
-						"obj-248",
-						0
-					]
-				}
-			},
-			{
-				"patchline": {
-					"destination": [
-						"obj-246",
-						0
-					],
-					"source": [
-						"obj-249",
-						0
-					]
-				}
-			},
-			{
-				"patchline": {
-					"destination": [
-						"obj-251",
-						0
-					],
-					"source": [
-						"obj-250",
-						1
-					]
-				}
-			},
-			{
-				"patchline": {
-					"destination": [
-						"obj-12",
-						0
-					],
-					"source": [
-						"obj-251",
-						0
-					]
-				}
-			},
-			{
-				"patchline": {
-					"destination": [
-						"obj-252",
-						0
-					],
-					"source": [
-						"obj-248",
-						1
-					]
-				}
-			},
-			{
-				"patchline": {
-					"destination": [
 						"obj-253",
 						0
 					],
@@ -8220,24 +8220,12 @@
 			{
 				"patchline": {
 					"destination": [
-						"obj-260",
+						"obj-255",
 						0
 					],
 					"source": [
-						"obj-259",
-						0
-					]
-				}
-			},
-			{
-				"patchline": {
-					"destination": [
-						"obj-261",
-						0
-					],
-					"source": [
-						"obj-260",
-						0
+						"obj-254",
+						1
 					]
 				}
 			},
@@ -8248,7 +8236,7 @@
 						0
 					],
 					"source": [
-						"obj-261",
+						"obj-255",
 						0
 					]
 				}
@@ -8256,11 +8244,23 @@
 			{
 				"patchline": {
 					"destination": [
-						"obj-263",
+						"obj-256",
 						0
 					],
 					"source": [
-						"obj-262",
+						"obj-252",
+						1
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"obj-257",
+						0
+					],
+					"source": [
+						"obj-256",
 						0
 					]
 				}
@@ -8268,7 +8268,19 @@
 			{
 				"patchline": {
 					"destination": [
-						"obj-12",
+						"obj-254",
+						0
+					],
+					"source": [
+						"obj-257",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"obj-264",
 						0
 					],
 					"source": [
@@ -8356,7 +8368,7 @@
 						0
 					],
 					"source": [
-						"obj-13",
+						"obj-270",
 						0
 					]
 				}
@@ -8364,7 +8376,7 @@
 			{
 				"patchline": {
 					"destination": [
-						"obj-272",
+						"obj-12",
 						0
 					],
 					"source": [
@@ -8376,7 +8388,7 @@
 			{
 				"patchline": {
 					"destination": [
-						"obj-270",
+						"obj-273",
 						0
 					],
 					"source": [
@@ -8388,7 +8400,7 @@
 			{
 				"patchline": {
 					"destination": [
-						"obj-274",
+						"obj-12",
 						0
 					],
 					"source": [
@@ -8404,7 +8416,7 @@
 						0
 					],
 					"source": [
-						"obj-274",
+						"obj-13",
 						0
 					]
 				}
@@ -8412,7 +8424,7 @@
 			{
 				"patchline": {
 					"destination": [
-						"obj-12",
+						"obj-276",
 						0
 					],
 					"source": [
@@ -8424,11 +8436,35 @@
 			{
 				"patchline": {
 					"destination": [
+						"obj-274",
+						0
+					],
+					"source": [
+						"obj-276",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
 						"obj-278",
 						0
 					],
 					"source": [
 						"obj-277",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"obj-279",
+						0
+					],
+					"source": [
+						"obj-278",
 						0
 					]
 				}
@@ -8440,7 +8476,7 @@
 						0
 					],
 					"source": [
-						"obj-278",
+						"obj-279",
 						0
 					]
 				}
@@ -8448,7 +8484,31 @@
 			{
 				"patchline": {
 					"destination": [
-						"obj-279",
+						"obj-282",
+						0
+					],
+					"source": [
+						"obj-281",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"obj-12",
+						0
+					],
+					"source": [
+						"obj-282",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"obj-283",
 						0
 					],
 					"source": [
@@ -8460,11 +8520,11 @@
 			{
 				"patchline": {
 					"destination": [
-						"obj-280",
+						"obj-284",
 						0
 					],
 					"source": [
-						"obj-279",
+						"obj-283",
 						0
 					]
 				}
@@ -8472,11 +8532,11 @@
 			{
 				"patchline": {
 					"destination": [
-						"obj-277",
+						"obj-281",
 						0
 					],
 					"source": [
-						"obj-280",
+						"obj-284",
 						0
 					]
 				}

@@ -77,7 +77,7 @@ def _widget(p: Patch, c: Control, x: float, y: float, w: float, h: float) -> str
         cls = "flonum" if c.types == "f" else "number"
         return p.ui(cls, x, y, w, h, minimum=c.low, maximum=c.high, hint=hint)
     if c.widget == "xy":
-        return p.ui("pictslider", x, y, w, h, leftvalue=0, rightvalue=XY_RANGE, bottomvalue=0, topvalue=XY_RANGE,
+        return p.ui("pictslider", x, y, w, h, leftvalue=0, rightvalue=XY_RANGE, topvalue=0, bottomvalue=XY_RANGE,
                     hint=hint)
     return p.msg("-", x, y, w, hint=hint)  # a label: a message box the feedback sets
 
@@ -158,7 +158,7 @@ def _label(p: Patch, text: str, x: float, y: float, w: float | None = None) -> N
 def _connection(p: Patch, sec: Section, out: str, inp: str, col: Column) -> None:
     """Host, ports, subscribe (renewed by a metro), ping and sync, all with the receive port."""
     y = 112.0
-    p.ui("panel", 10, y, 1350, 64, background=1, bgcolor=[0.25, 0.27, 0.3, 1.0])
+    p.ui("panel", 10, y, 1360, 64, background=1, bgcolor=[0.25, 0.27, 0.3, 1.0])
     _label(p, "host (edit, click)", 20, y + 4)
     host = p.msg("host 127.0.0.1", 20, y + 28, 120, hint="Where `endless play` runs: edit the address, then click.")
     p.connect(host, 0, out)
@@ -268,6 +268,8 @@ def perform(registry: Registry) -> dict[str, Any]:
     _label(p, "position", x, 330)
     _section(p, secs["morph"], {"mode": (x, 304, 80, 22), "position": (x + 60, 330, 120, 20),
                                 "xy": (x + 200, 304, 140, 140)}, rcol, out, inp)
+    for k in range(4):  # the pad's corners: slot 1 top left .. slot 4 bottom right (x right, y down)
+        _label(p, str(k + 1), x + 186 + 158 * (k % 2), 300 + 128 * (k // 2), 16)
     _label(p, "tempo (bpm), quantize (where changes land)", x, 456, 340)
     _section(p, secs["transport"], {"tempo": (x, 480, 70, 22), "quantize": (x + 90, 480, 80, 22)}, rcol, out, inp)
     _label(p, "presets: type a name + Return to store; recall or arm by number", x, 514, 340)
