@@ -139,7 +139,7 @@
 						500.0,
 						20.0
 					],
-					"text": "   renewed every 30 s while on. Ping: pong flashes if it is there."
+					"text": "   renewed every 30 s while on. Ping (subscribed): pong flashes."
 				}
 			},
 			{

@@ -155,6 +155,11 @@ def _label(p: Patch, text: str, x: float, y: float, w: float | None = None) -> N
     p.comment(text, x, y, w)
 
 
+def registry_prefix(ctl: dict[str, Control]) -> str:
+    """The address prefix, from the subscribe control's address (`/endless/subscribe` -> `/endless`)."""
+    return str(ctl["subscribe"].send).rsplit("/", 1)[0]
+
+
 def _connection(p: Patch, sec: Section, out: str, inp: str, col: Column) -> None:
     """Host, ports, subscribe (renewed by a metro), ping and sync, all with the receive port."""
     y = 112.0
@@ -187,18 +192,17 @@ def _connection(p: Patch, sec: Section, out: str, inp: str, col: Column) -> None
     p.connect(sub, 0, metro)
     stop = col.obj(p, "sel 0")
     p.connect(sub, 0, stop)
-    sources = {"subscribe": metro, "unsubscribe": stop}
+    sources = {str(ctl["subscribe"].send): metro, f"{registry_prefix(ctl)}/unsubscribe": stop}
     ping = p.ui("button", 430, y + 28, 24, 24, hint=ctl["ping"].doc)
     _label(p, "ping", 425, y + 4)
     sync = p.ui("button", 540, y + 28, 24, 24, hint=ctl["sync"].doc)
     _label(p, "sync", 535, y + 4)
-    sources |= {"ping": ping, "sync": sync}
-    prefix = str(ctl["sync"].send).rsplit("/", 1)[0]
-    for k, (name, src) in enumerate(sources.items()):
+    sources |= {str(ctl["ping"].send): ping, str(ctl["sync"].send): sync}
+    for k, (address, src) in enumerate(sources.items()):
         store = col.obj(p, "int")  # holds the receive port; a bang sends it
         p.connect(fan, k, store, 1)
         p.connect(src, 0, store)
-        pre = col.obj(p, f"prepend {prefix}/{name}")
+        pre = col.obj(p, f"prepend {address}")
         p.connect(store, 0, pre)
         p.connect(pre, 0, out)
     pong = p.ui("button", 480, y + 28, 24, 24, hint="Flashes on /pong.", ignoreclick=1)
@@ -242,7 +246,7 @@ def perform(registry: Registry) -> dict[str, Any]:
         "   On another machine: start it with --listen 0.0.0.0, edit the host box",
         "   (unlocked), lock the patch and click the box.",
         f"2. Turn on subscribe: changes and meters come back to port {REPLY_PORT},",
-        f"   renewed every {RENEW_S} s while on. Ping: pong flashes if it is there.",
+        f"   renewed every {RENEW_S} s while on. Ping (subscribed): pong flashes.",
     ), (
         "3. Prompt: type, press Return (words and blends: rain:0.7 | thunder:0.3).",
         "   Faders send 0..1 on the /normalized address; menus send their item.",
