@@ -149,10 +149,16 @@ def load_embedder(model: str | None = None) -> Embedder:
     if name == "builtin":
         return BuiltinEmbedder()
     path = Path(name).expanduser()
-    source: str | None = str(path.resolve()) if path.is_dir() else _cached_repo(name)
-    why = "not in the local Hugging Face cache"
-    if source is None and (path.is_absolute() or name.startswith(".")):
-        why = "no such folder"
+    looks_like_path = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+    why = "no such folder" if looks_like_path else "not in the local Hugging Face cache"
+    source: str | None = None
+    if path.is_dir():
+        source = str(path.resolve())
+    elif not looks_like_path:
+        try:
+            source = _cached_repo(name)
+        except ValueError as e:  # not a valid repo id either
+            why = " ".join(str(e).split())[:200]
     if source is not None:
         try:
             return STEmbedder(_load_st(source), source)

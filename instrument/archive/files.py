@@ -72,7 +72,10 @@ def write_clip_file(folder: Path, clip: Clip, meta: ClipMeta, embedding: np.ndar
         with sf.SoundFile(str(tmp), "w", clip.sample_rate, 2, subtype="PCM_24", format="FLAC") as f:
             f.title = str(meta.get("prompt", ""))[:1000]
             f.comment = json.dumps(record, separators=(",", ":"))
-            f.write(clip.audio)
+            try:
+                f.write(clip.audio)
+            except sf.LibsndfileError as e:
+                raise OSError(_system_error(f) or str(e)) from None
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -84,6 +87,16 @@ def write_clip_file(folder: Path, clip: Clip, meta: ClipMeta, embedding: np.ndar
         raise
     fsync_dir(folder)
     return final
+
+
+def _system_error(f: sf.SoundFile) -> str:
+    """libsndfile's own words for an open file's last error ("No space left on device"), which the
+    exception soundfile raises leaves out ("System error."); "" where this soundfile hides them."""
+    try:
+        text = sf._ffi.string(sf._snd.sf_strerror(f._file)).decode("utf-8", "replace")
+    except (AttributeError, TypeError):
+        return ""
+    return str(text).removeprefix("System error : ").strip().rstrip(".")
 
 
 def read_meta(path: Path) -> tuple[ClipMeta, float]:

@@ -128,6 +128,6 @@ class ArchiveWriter:
 
 
 def _reason(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.strerror}" + (f": {e.filename}" if e.filename else "")
+    if isinstance(e, OSError):
+        return e.strerror + (f": {e.filename}" if e.filename else "") if e.strerror else str(e)
     return " ".join(f"{type(e).__name__}: {e}".split())[:200]
