@@ -93,6 +93,14 @@ def test_similar_ranks_by_cosine_within_one_embedder(tmp_path: Path) -> None:
         assert [h.id for h, _ in a.similar(q, e.id, k=1, exclude={drizzle})] == [rain]
         assert [h.id for h, _ in a.similar(np.ones(e.dim), "st:x")] == [other.id]
         assert a.similar(q, "st:unknown") == [] and a.similar(q[:10], e.id) == []  # another dim: nothing
+        assert a.similar(q, "builtin:none") == []  # an empty search matrix, then one clip added:
+        late = a.add(make_clip("roof rain", seed=5), embedding=embed_prompt(e, "rain on a roof"),
+                     embedder="builtin:none")
+        assert [h.id for h, _ in a.similar(q, "builtin:none")] == [late.id]
+        again = add(a, "rain on a roof", 6)  # searched before: the new vector is appended, not missed
+        assert a.similar(q, e.id, k=1)[0][0].id == again
+        a.remove(again)
+        assert again not in [h.id for h, _ in a.similar(q, e.id)] and a.get(again) is None
         vec = a.vector(rain)
         assert vec is not None and vec[1] == e.id and vec[0] @ embed_prompt(e, "heavy rain on a tin roof") > 0.999
 

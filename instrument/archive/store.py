@@ -152,7 +152,7 @@ class Archive:
         with self._lock:
             new_id = self._insert(path.name, meta, clip.seconds, size, vec)
             self._db.commit()
-            self._vectors.pop(str(meta["embedder"]), None)
+            self._cache_vector(new_id, meta["embedder"], vec)
             self.prune()
             entry = self.get(new_id)
         if entry is None:  # evicted at once: a limit smaller than this one clip
@@ -186,7 +186,7 @@ class Archive:
                 return
             self._db.execute("DELETE FROM clips WHERE id = ?", (id,))
             self._db.commit()
-            self._vectors.pop(str(row[1]), None)
+            self._uncache_vector(id, row[1])
         (self.clips_dir / row[0]).unlink(missing_ok=True)
 
     def prune(self) -> int:
@@ -240,11 +240,29 @@ class Archive:
             with self._lock:
                 self._db.execute("UPDATE clips SET bad = 1 WHERE id = ?", (entry.id,))
                 self._db.commit()
-                self._vectors.pop(str(entry.embedder), None)
+                self._uncache_vector(entry.id, entry.embedder)
             log.warning("archive: clip %d skipped: %s", entry.id, e)
             return None
         info = ClipInfo(str(entry.path), entry.blend, entry.seed, entry.model, 0.0, entry.steps, entry.guidance)
         return replace(clip, info=info)
+
+    def _cache_vector(self, id: int, embedder: str | None, vec: np.ndarray | None) -> None:
+        """Append a new clip's vector to its embedder's search matrix, if that is built (no re-read)."""
+        cached = self._vectors.get(str(embedder))
+        if cached is None or vec is None:
+            return
+        ids, m = cached
+        if m.shape[1] != len(vec):  # an empty matrix, or another dim: read again when asked
+            del self._vectors[str(embedder)]
+            return
+        unit = (vec / np.linalg.norm(vec)).astype(np.float32)[None, :]
+        self._vectors[str(embedder)] = (np.append(ids, np.int64(id)), np.concatenate([m, unit]))
+
+    def _uncache_vector(self, id: int, embedder: str | None) -> None:
+        cached = self._vectors.get(str(embedder))
+        if cached is not None:
+            keep = cached[0] != id
+            self._vectors[str(embedder)] = (cached[0][keep], cached[1][keep])
 
     def _matrix(self, embedder: str) -> tuple[np.ndarray, np.ndarray]:
         cached = self._vectors.get(embedder)
