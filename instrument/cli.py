@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from instrument import __version__, logs
+from instrument.archive_cli import add_parser as add_archive_parser
+from instrument.archive_cli import cmd_archive
 from instrument.config import EngineConfig, OutputConfig, PlayConfig, SourceConfig
 from instrument.errors import ConfigError, EndlessError
 from instrument.params import PARAMS
@@ -150,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="convert even when an up-to-date package exists")
     d = sub.add_parser("demo-clips", help="write the built-in demo textures to a folder")
     d.add_argument("dir", type=Path, nargs="?", help="target folder (default: the cache)")
+    add_archive_parser(sub)
     return ap
 
 
@@ -355,7 +358,7 @@ def cmd_demo_clips(args: argparse.Namespace) -> int:
 
 COMMANDS = {"play": cmd_play, "render": cmd_render, "devices": cmd_devices, "doctor": cmd_doctor, "docs": cmd_docs,
             "demo-clips": cmd_demo_clips, "fetch-model": cmd_fetch_model,
-            "convert-coreml": cmd_convert_coreml}
+            "convert-coreml": cmd_convert_coreml, "archive": cmd_archive}
 
 
 def main(argv: list[str] | None = None) -> int:
