@@ -369,6 +369,11 @@ def test_a_lan_peer_may_subscribe_another_port_on_its_own_host(serve: Serve) -> 
         while ("/endless/pong", [7]) not in got:
             got += [m for m in parse(listen.recv(65536)) if not m[0].startswith("/endless/status/")]
         assert got[-2:] == [("/endless/sync/done", [len(got) - 2]), ("/endless/pong", [7])], got[-3:]
+        s.sendto(encode("/endless/sync", server.port), (host, server.port))  # its host is this one: refused
+        pump(server, 1.0)
+        while (m := parse(listen.recv(65536))[0])[0] != "/endless/error":
+            pass
+        assert m[1][0] == "/endless/sync" and "own port" in m[1][1], m
 
 
 # -- deliverable 5: what listens where ----------------------------------------------------------------------------

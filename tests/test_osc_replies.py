@@ -182,6 +182,10 @@ def test_sync_and_ping_to_a_port_without_subscribing(serve: Serve) -> None:
         assert patch.sends_back("/endless/pong") == [("/endless/pong", [1])]
         patch.send("/endless/sync", 1.0)  # TouchOSC's button press: a dump to the sender, not to port 1
         assert patch.sends_back(DONE) == dump
+        patch.send("/endless/subscribe", True)  # the same for subscribe: the sender itself
+        assert patch.sends_back(DONE) == dump and [p.port for p in server.subscribers()] == [patch.out.port]
+        patch.send("/endless/unsubscribe", 1)
+        assert patch.sends_back("/endless/unsubscribed") == [("/endless/unsubscribed", [])]
         refused = [("/endless/ping/to",), ("/endless/ping/to", 0), ("/endless/ping/to", 70000, "x"),
                    ("/endless/ping/to", "9001"), ("/endless/ping/to", 9001.5), ("/endless/sync", 9001, 9002),
                    ("/endless/ping/to", server.port), ("/endless/sync", server.port),

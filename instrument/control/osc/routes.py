@@ -56,7 +56,8 @@ SERVER_ADDRESSES: tuple[Address, ...] = (
             "a full dump as `/sync` gives. With a port, over UDP, the sender's replies (`/pong`, `/sync`, "
             "`/error`, `/done`, `/record`) go to that port as well while the subscription lasts (see "
             "Limits). Over UDP it lasts 60 s: send `/subscribe` again to renew it (it ends with "
-            "`/unsubscribed`). Over TCP without a port: on the connection, as long as it is open."),
+            "`/unsubscribed`). Over TCP without a port: on the connection, as long as it is open. A 1 (a "
+            "button's press) is no port."),
     Address("unsubscribe", "[port]", "Stop sending to that address (answered there with `/unsubscribed`)."),
     Address("sync", "[port]", "Dump every current value to the sender (and its reply port), or to `port` on "
             "the sender's host, then `/sync/done <count>`. A 1 (a button's press) is no port."),
@@ -208,7 +209,7 @@ class Routes:
         if route.kind in ("subscribe", "unsubscribe", "sync"):
             if len(args) > 1:
                 raise ParamError(f"{route.address}: expected no argument or a port 1..65535, got {list(args)}")
-            if not args or (route.kind == "sync" and args[0] in (1, True)):  # a button's press: the sender
+            if not args or args[0] in (1, True):  # a button's press (TouchOSC): the sender, not port 1
                 return _Msg(route, args, dest=peer if route.kind != "sync" else None)
             return _Msg(route, args, dest=self._reply_port(peer, route.address, args[0]))
         if route.kind in ("ping", "ping/to"):
