@@ -26,6 +26,7 @@ from instrument.layouts.common import LAYOUT_SLOTS, check_receive, check_send, c
 from instrument.layouts.pdfile import Canvas, Obj, parse
 from instrument.layouts.preview import draw, same_pixels
 from instrument.params import Registry
+from tests.test_worker_faults import _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCH = ROOT / pd.PATH
@@ -215,3 +216,90 @@ def test_pd_opens_the_patch_without_an_error() -> None:
     bad = [ln for ln in said.splitlines() if re.search(r"error|couldn't create|connection failed|no method", ln)
            and "listen" not in ln]  # (9001 may be taken here: the port is not what this checks)
     assert out.returncode == 0 and not bad, said
+
+
+# -- live: Pd plays the instrument ------------------------------------------------------------------
+class _Lines:
+    """A process's output, read line by line as it comes."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._t = threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, "")), daemon=True)
+        self._t.start()
+
+    def wait(self, pattern: str, timeout: float, proc: subprocess.Popen[str], count: int = 1) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hits = [ln for ln in list(self.lines) if re.search(pattern, ln)]
+            if len(hits) >= count:
+                return hits
+            assert proc.poll() is None, "".join(self.lines)
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} ({count}) in {timeout} s:\n{''.join(self.lines)}")
+
+
+def _dump(port: int, timeout: float = 10) -> dict[str, list[Any]]:
+    """The instrument's state, from a plain Python client's /endless/sync (it answers once its
+    control loop runs: the model may still be loading before that)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.sendto(OscMessageBuilder("/endless/sync").build().dgram, ("127.0.0.1", port))
+        got: dict[str, list[Any]] = {}
+        deadline = time.monotonic() + timeout
+        while "/endless/sync/done" not in got:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            for m in OscPacket(s.recvfrom(65536)[0]).messages:
+                got[m.message.address] = list(m.message.params)
+        return got
+
+
+@pytest.mark.jack
+@pytest.mark.timeout(240)
+def test_pure_data_plays_the_instrument_through_the_layout(jack_env: dict[str, str], tmp_path: Path) -> None:
+    """Pd runs endless.pd headless against `endless play --model tiny`: netsend sends, a netreceive on
+    another port listens; it subscribes with that port, pings, moves a fader, sets a multi-word prompt,
+    stores and recalls a preset and syncs; the instrument changes and Pd prints what came back."""
+    presets = tmp_path / "presets"
+    play = subprocess.Popen([sys.executable, "-m", "instrument", "play", "--model", "tiny", "--device", "system",
+                             "--slots", str(LAYOUT_SLOTS), "--steps", "2", "--length", "4", "--osc-port", "0",
+                             "--presets", str(presets), "--seconds", "200"],
+                            env=jack_env, cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = _Lines(play.stderr)
+    pd_proc: subprocess.Popen[str] | None = None
+    try:
+        hit = err.wait(r"OSC on \S+ udp port \d+", 120, play)[0]
+        port = int(re.search(r"udp port (\d+)", hit).group(1))  # type: ignore[union-attr]
+        assert "/endless/slot/1/prompt" in _dump(port, timeout=150)  # the instrument answers
+        listen = _free_port()
+        recall = sorted({*PresetStore(presets).names(), "dawn"}).index("dawn") + 1
+        steps = (f"endless-ctl listen {listen}", f"endless-ctl connect 127.0.0.1 {port}", "endless-print 1",
+                 "endless-subscribe 1", "endless-ping bang", "endless-gain-2 0.5",
+                 "endless-prompt-1 rain on a tin roof", "endless-preset-store dawn", "endless-gain-2 0.9",
+                 f"endless-preset-recall {recall}", "endless-sync bang")
+        pd_proc = subprocess.Popen([_pd(), "-nogui", "-nosound", "-nomidi", "-noprefs", "-stderr", "-open",
+                                    str(PATCH), "-send", "; ".join(steps)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out = _Lines(pd_proc.stdout)
+        out.wait(r"^endless: sync done \d+", 30, pd_proc, count=2)  # the subscription's dump, then the sync's
+        said = "".join(out.lines)
+        for want in (r"^endless: pong 1$", r"^endless: slot 2 gain normalized 0\.5$",
+                     r"^endless: slot 1 prompt rain\\ on\\ a\\ tin\\ roof$",  # Pd escapes the spaces
+                     r"^endless: done /endless/preset/store ", r"^endless: done /endless/preset/recall "):
+            assert re.search(want, said, re.M), (want, said)
+        assert not re.search(r"^endless: error|couldn't create|connection failed", said, re.M), said
+        state = _dump(port)
+        assert state["/endless/slot/1/prompt"] == ["rain on a tin roof"]
+        assert math.isclose(state["/endless/slot/2/gain/normalized"][0], 0.5, abs_tol=1e-4)  # the recall
+        assert (presets / "dawn.toml").is_file()
+    finally:
+        if pd_proc is not None:
+            pd_proc.kill()
+            pd_proc.wait(10)
+        play.send_signal(signal.SIGINT)
+        try:
+            play.wait(30)
+        except subprocess.TimeoutExpired:
+            play.kill()
+            play.wait(10)
+    assert play.returncode == 0, "".join(err.lines)
+    assert "Traceback" not in "".join(err.lines)

@@ -871,7 +871,7 @@ def test_pure_data_changes_a_gain_and_a_prompt(serve: Any) -> None:
 def test_pure_data_control_patch_drives_the_instrument(serve: Any) -> None:
     e = Engine(MixerConfig(slots=4, sample_rate=SR))
     server, _ = serve(e)
-    out = _run_pd(server, "endless_control.pd", f"endless-ctl connect 127.0.0.1 {server.port}; endless-subscribe bang; "
+    out = _run_pd(server, "endless.pd", f"endless-ctl connect 127.0.0.1 {server.port}; endless-subscribe 1; "
                   "endless-gain-2 0.5; endless-mute-3 1; endless-next-1 bang; pd quit")
     t0 = time.monotonic()
     while server.stats.applied < 3 and time.monotonic() - t0 < 2:
