@@ -36,6 +36,7 @@ from instrument.params import Registry
 
 PATH = "max_patches/endless.pd"
 SEND = "endless-osc"  # every oscformat's packet goes here, to the netsend
+BAND = 560  # px: a feedback subtree wider than this gets its own band ([s]/[r] endless-in-<path>)
 COLOURS = "#fcfcfc #000000 #000000"
 PREFIX = {"connection": "", "mix": "", "transport": "", "record": "", "morph": "morph-", "presets": "preset-"}
 EXAMPLES = (("rain on a tin roof", "waves on a pebble beach"), ("distant thunder", "rain:0.7 | thunder:0.3"),
@@ -297,9 +298,6 @@ def _routes(d: dict[str, object], path: list[str], bands: list[Node]) -> Node:
             kid = Node(f"s {band}")
         r.to(kid, outlet=i)
     return r
-
-
-BAND = 560
 
 
 def _plumbing(reg: Registry, placed: list[tuple[Section, Control]]) -> Canvas:
