@@ -580,7 +580,7 @@
 			},
 			{
 				"box": {
-					"hint": "Answered with /pong: the instrument is there.",
+					"hint": "Answered with /pong on this layout's port: the instrument is there.",
 					"id": "obj-31",
 					"maxclass": "button",
 					"numinlets": 1,
@@ -760,10 +760,10 @@
 					"patching_rect": [
 						1010.0,
 						1052.0,
-						138.0,
+						156.0,
 						22.0
 					],
-					"text": "prepend /endless/ping"
+					"text": "prepend /endless/ping/to"
 				}
 			},
 			{

@@ -218,7 +218,7 @@ def test_the_performance_patch_sends_and_shows_every_control(slots: int) -> None
         if c.receive:
             assert c.receive in routed, f"{c.label}: {c.receive} is not routed to it"
     assert (f"{reg.prefix}/preset/recall", "i") in sends  # the preset menu and the recall box
-    assert {(f"{reg.prefix}/{a}", "i") for a in ("subscribe", "unsubscribe", "ping", "sync")} <= sends
+    assert {(f"{reg.prefix}/{a}", "i") for a in ("subscribe", "unsubscribe", "ping/to", "sync")} <= sends
     (metro,) = [m for m in g.named("metro")]
     assert g.text(metro) == "metro 30000"  # subscribe renews the subscription (60 s over UDP) every 30 s
 

@@ -31,7 +31,7 @@ WIDGETS = ("fader", "toggle", "button", "text", "menu", "xy", "meter", "number",
 
 # What the server itself sends (besides echoes and status): replies to a sender or a subscriber.
 REPLIES = ("pong", "done", "error", "record", "sync/done", "unsubscribed")
-SERVER = {"ping": None, "subscribe": "i", "unsubscribe": "i", "sync": "i"}  # address -> optional arg tags
+SERVER = {"ping": None, "ping/to": "i", "subscribe": "i", "unsubscribe": "i", "sync": "i"}  # address -> arg tags
 STATUS = ("slot/N/level", "slot/N/buffered", "slot/N/queue", "slot/N/progress", "generator/state",
           "generator/progress", "generator/rtf", "xruns", "starvations", "limiter", "tempo")
 
@@ -79,8 +79,8 @@ def sections(registry: Registry, slots: int | None = None) -> tuple[Section, ...
         Control("button", "subscribe", send=f"{pre}/subscribe", types="i",
                 doc=f"Feedback to this layout's port (renewed every {RENEW_S} s while on)."),
         Control("button", "sync", send=f"{pre}/sync", types="i", doc="Ask for every current value."),
-        Control("button", "ping", send=f"{pre}/ping", types="i", receive=f"{pre}/pong",
-                doc="Answered with /pong: the instrument is there."),
+        Control("button", "ping", send=f"{pre}/ping/to", types="i", receive=f"{pre}/pong",
+                doc="Answered with /pong on this layout's port: the instrument is there."),
         Control("label", "generator", receive=f"{pre}/status/generator/state", doc="The generator's state."),
         Control("label", "error", receive=f"{pre}/error", doc="The last refused message, and why."),
     ))]
@@ -156,7 +156,9 @@ def check_send(registry: Registry, address: str, types: str) -> str | None:
     path = address[len(pre):]
     if path in SERVER:
         allowed = SERVER[path]
-        if allowed is not None and types not in ("", allowed):
+        if path == "ping/to" and not types.startswith("i"):
+            return f"{address}: takes a port (i) first, sent {types!r}"
+        if path != "ping/to" and allowed is not None and types not in ("", allowed):
             return f"{address}: takes [{allowed}], sent {types!r}"
         return None
     if path in BY_PATH:

@@ -222,12 +222,11 @@ def _connection(pre: str, receive: Node) -> list[Node]:
     sync = Node("r endless-sync-out")
     at = sync.to(Node(f"f {REPLY_PORT}"))
     at.to(Node(f"oscformat -f i {pre} sync")).to(Node(f"s {SEND}"))
-    for f in (off, on, at):
+    ping = Node("r endless-ping-out")  # /ping/to PORT: the pong comes to this patch's port, subscribed or not
+    to = ping.to(Node(f"f {REPLY_PORT}"))
+    to.to(Node(f"oscformat -f i {pre} ping to")).to(Node(f"s {SEND}"))
+    for f in (off, on, at, to):
         port.link(f, inlet=1)
-    ping = Node("r endless-ping-out")
-    count = ping.to(Node("f 1"))
-    count.to(Node(f"oscformat -f i {pre} ping")).to(Node(f"s {SEND}"))
-    count.to(Node("+ 1")).link(count, inlet=1)
     net = Node("netsend -u -b")
     net.to(Node("s endless-connected"))
     ctl = Node("r endless-ctl")

@@ -90,7 +90,10 @@ local last = 0
 
 local function send(what)
   local args = {{}}
-  if REPLY_PORT > 0 then args = {{ {{ tag = 'i', value = REPLY_PORT }} }} end
+  if REPLY_PORT > 0 then
+    args = {{ {{ tag = 'i', value = REPLY_PORT }} }}
+    if what == 'ping' then what = 'ping/to' end  -- the pong to this layout's port, subscribed or not
+  end
   sendOSC({{ '{prefix}/' .. what, args }}, {{ true }})
 end
 
