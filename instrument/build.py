@@ -17,6 +17,7 @@ from instrument.sources import ClipSource, FolderSource
 
 if TYPE_CHECKING:
     from instrument.fallback import ArchiveLink
+    from instrument.generator.protocol import WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -96,22 +97,16 @@ def _source(cfg: SourceConfig, mixer: MixerConfig, sample_rate: int, determinist
         folder = cfg.clips if cfg.clips is not None else _demo_dir(mixer.slots)
         return FolderSource(folder, mixer.slots, sample_rate, assign=cfg.assign, seed=cfg.seed)
     from instrument.control.arming import ArmingScheduler
-    from instrument.generator.backends import TINY_WARNING, choose_backend, choose_model
-    from instrument.generator.worker import GeneratorClient, WorkerSpec
+    from instrument.generator.late import LateClient
+    from instrument.generator.worker import GeneratorClient
 
-    choice = choose_model(cfg.model)
-    device, dtype, vae_dtype = choose_backend(cfg.backend)
-    if choice.stand_in:
-        log.warning("\n%s", TINY_WARNING.rstrip())  # the banner on lines of its own
-    log.info("generator: model %s on %s (%s)", choice.model, device, dtype)
-    spec = WorkerSpec(model=choice.model, device=device, dtype=dtype, vae_dtype=vae_dtype, sample_rate=sample_rate,
-                      max_batch=1 if deterministic else cfg.max_batch, allow_download=choice.allow_download,
-                      nice=cfg.generator_nice, threads=0 if deterministic else live_threads(device),
-                      coreml=cfg.backend == "coreml", compute_units=cfg.compute_units,
-                      coreml_package=str(cfg.coreml_package) if cfg.coreml_package is not None else None)
-    link = _archive(cfg, mixer.slots, sample_rate)
+    link = _archive(cfg, sample_rate, mixer.slots)
     try:
-        client = GeneratorClient(spec)
+        if not deterministic and link is not None and link.clips_at_start:
+            # sound from the archive first: the model stack is imported while it plays
+            client: GeneratorClient = LateClient(lambda: _spec(cfg, sample_rate, deterministic))
+        else:
+            client = GeneratorClient(_spec(cfg, sample_rate, deterministic))
         client.start()
         sched = ArmingScheduler(client, mixer.slots, base_seed=cfg.seed)  # a Scheduler that can pre-generate presets
     except BaseException:
@@ -124,7 +119,24 @@ def _source(cfg: SourceConfig, mixer: MixerConfig, sample_rate: int, determinist
     return sched
 
 
-def _archive(cfg: SourceConfig, slots: int, sample_rate: int) -> ArchiveLink | None:
+def _spec(cfg: SourceConfig, sample_rate: int, deterministic: bool) -> WorkerSpec:
+    """The generator worker's settings: the model and the backend chosen (imports torch: seconds)."""
+    from instrument.generator.backends import TINY_WARNING, choose_backend, choose_model
+    from instrument.generator.protocol import WorkerSpec
+
+    choice = choose_model(cfg.model)
+    device, dtype, vae_dtype = choose_backend(cfg.backend)
+    if choice.stand_in:
+        log.warning("\n%s", TINY_WARNING.rstrip())  # the banner on lines of its own
+    log.info("generator: model %s on %s (%s)", choice.model, device, dtype)
+    return WorkerSpec(model=choice.model, device=device, dtype=dtype, vae_dtype=vae_dtype, sample_rate=sample_rate,
+                      max_batch=1 if deterministic else cfg.max_batch, allow_download=choice.allow_download,
+                      nice=cfg.generator_nice, threads=0 if deterministic else live_threads(device),
+                      coreml=cfg.backend == "coreml", compute_units=cfg.compute_units,
+                      coreml_package=str(cfg.coreml_package) if cfg.coreml_package is not None else None)
+
+
+def _archive(cfg: SourceConfig, sample_rate: int, slots: int) -> ArchiveLink | None:
     """The archive every generated clip goes to and fallback clips come from (None: --no-archive)."""
     if cfg.no_archive:
         return None

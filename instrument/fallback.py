@@ -205,25 +205,26 @@ class ArchiveLoader:
             self._failed(f"archive: a play of clip {clip_id} not counted: {e}")
 
     def _find(self, job: _Job) -> Clip | None:
-        """A clip among the archive's top-k for the job's prompt, drawn with the job's seed; a damaged
-        file is skipped (the archive marks it) and the draw made again among the rest."""
+        """A clip drawn with the job's seed among the archive's top-k for the job's prompt, leaving out
+        the slot's last few (only the very last when that leaves none); a damaged file is skipped (the
+        archive marks it) and the draw made again among the top-k of the rest."""
         from instrument.archive.embed import embed_prompt
 
         try:
             vector = embed_prompt(self.embedder, job.prompt)
             embedder_id = self.embedder.id
             rng = np.random.default_rng(np.random.SeedSequence((self.base_seed, job.slot, job.draw, 0xA4C)))
-            tried: set[int] = set()
-            for exclude in (set(job.exclude), set(job.exclude[-1:])):  # then only the very last one
-                while True:
-                    found = self.archive.similar(vector, embedder_id, self.k, exclude | tried)
-                    if not found:
-                        break
-                    entry = found[int(rng.integers(len(found)))][0]
-                    clip = self.archive.load(entry, self.sample_rate)
-                    if clip is not None:
-                        return replace(clip, info=replace(clip.info, source=f"{SOURCE}{entry.id}"), cut=False)
-                    tried.add(entry.id)
+            damaged: set[int] = set()
+            while found := [e for e, _ in self.archive.similar(vector, embedder_id, self.k, damaged)]:
+                pool = ([e for e in found if e.id not in job.exclude]
+                        or [e for e in found if e.id not in job.exclude[-1:]])
+                if not pool:
+                    break
+                entry = pool[int(rng.integers(len(pool)))]
+                clip = self.archive.load(entry, self.sample_rate)
+                if clip is not None:
+                    return replace(clip, info=replace(clip.info, source=f"{SOURCE}{entry.id}"), cut=False)
+                damaged.add(entry.id)
         except Exception as e:  # never fatal: the slot loops its own clip instead
             self._failed(f"archive: no fallback clip for slot {job.slot + 1} ({job.prompt[:60]!r}): "
                          f"{' '.join(str(e).split())[:200]}")

@@ -102,10 +102,11 @@ class Scheduler:
         self.on_event: Callable[[str], None] = lambda text: log.warning("%s", text)
         self.archive: ArchiveLink | None = None  # keeps every clip; gives the `archive` fallback's clips
         self.fallback_lead: float | None = 1.0  # s before the crossfade a dry slot falls back (None: render)
-        self.xfade: Callable[[], float] = lambda: 4.0  # the crossfade time now (the engine's, once built)
+        self.xfade: Callable[[], float] = lambda: 4.0  # the crossfade time now (build.py: the engine's)
 
     def attach(self, engine: Player) -> None:
         self.engine = engine
+        self.xfade = lambda: float(engine.cfg.xfade or 0.0)  # the starting one, until told the live one
 
     # -- settings --------------------------------------------------------------------------------
     def check(self, slot: int, key: str, value: object) -> None:
@@ -240,9 +241,9 @@ class Scheduler:
 
     def _feed_from_archive(self, deadline: float) -> None:
         """The generator is down in a deterministic render: give every starving slot its fallback
-        clip, waiting for the loader (so the same clips play however fast the disk is). A slot that
-        gets nothing (no archive clip for its prompt, or `loop`) ends the render with ModelError, as
-        a down generator always did."""
+        clip, waiting for the loader (so the same clips play however fast the disk is); a slot set to
+        `loop` plays its own clip on. A slot that never played and gets nothing (no archived clip for
+        its prompt, or `loop`) ends the render with ModelError, as a down generator always did."""
         from instrument.generator.errors import ModelError
 
         assert self.engine is not None
@@ -251,7 +252,8 @@ class Scheduler:
             if self.starving(i) and self.archive is not None and self.plans[i].fallback == "archive":
                 self.archive.loader.wait(i, max(0.0, deadline - time.monotonic()))
         self.engine.pump()
-        dry = [i + 1 for i in range(len(self.plans)) if self.starving(i) and self.engine.pending(i) == 0]
+        dry = [i + 1 for i in range(len(self.plans)) if self.starving(i) and self.engine.pending(i) == 0
+               and not self.engine.mixer.slots[i].started]
         if dry:
             why = self.client.error or f"it is {self.client.state}"
             raise ModelError(f"the generator failed: {why}; slot(s) {', '.join(map(str, dry))} have nothing to "
