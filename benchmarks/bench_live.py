@@ -188,7 +188,7 @@ class Sampler(threading.Thread):
 def run_one(server: JackServer, name: str, seconds: float) -> dict[str, Any]:
     slots, source, osc_rate = RUNS[name]
     port = free_udp_port()
-    src = ["--demo"] if source == "demo" else ["--model", source]
+    src = ["--demo"] if source == "demo" else ["--model", source, "--no-archive"]  # never the user's archive
     stats_file = Path(tempfile.mkdtemp(prefix="bench_live_")) / "stats.json"
     cmd = [str(ENDLESS), "play", *src, "--slots", str(slots), "--seconds", str(seconds), "--device", "system",
            "--latency", "low", "--osc-port", str(port), "--stats", str(stats_file)]

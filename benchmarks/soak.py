@@ -140,7 +140,7 @@ def run_live(seconds: float, work: Path, script: Path, warmup: float | None = No
     with LoggedJack(work / "jackd.log") as server:
         cmd = [str(ENDLESS), "play", "--model", "tiny", "--slots", str(SLOTS), "--script", str(script),
                "--record", str(take), "--seconds", str(seconds), "--device", "system", "--latency", "low",
-               "--osc-port", "0", "--stats", str(stats)]
+               "--osc-port", "0", "--stats", str(stats), "--no-archive"]  # figures comparable; no user data
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=work)
@@ -170,7 +170,7 @@ def run_offline(seconds: float, work: Path, script: Path, warmup: float | None =
     rec: dict[str, Any] = {"mode": "offline", "seconds": seconds, "underflows": 0}  # no device: none possible
     out_file = work / "offline.wav"
     cmd = [str(ENDLESS), "render", "--model", "tiny", "--slots", str(SLOTS), "--script", str(script),
-           "--seconds", str(seconds), "--out", str(out_file)]
+           "--seconds", str(seconds), "--out", str(out_file), "--no-archive"]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work)
     mem = Memory(proc.pid)
