@@ -351,3 +351,34 @@ def test_play_sounds_from_the_archive_at_once_and_archives_what_it_makes(jack_en
     with Archive(archive) as a:
         kept = [e for e in a.entries(1000) if e.model != "test-sine"]
     assert kept and {e.blend for e in kept} == {"rain on a tin roof"} and "tiny" in kept[0].model
+
+
+def test_a_late_generator_that_cannot_be_made_fails_in_one_line_and_the_set_plays_on(archive: Path) -> None:
+    from instrument.generator.late import LateClient
+
+    def no_gpu() -> WorkerSpec:
+        raise ConfigError("--backend cuda: torch sees no CUDA GPU here: use --backend auto or cpu")
+
+    said: list[str] = []
+    client = LateClient(no_gpu)
+    client.on_event = said.append
+    sched = Scheduler(client, 1)
+    sched.archive = ArchiveLink(archive, 1, SR)
+    engine = Engine(MixerConfig(slots=1, sample_rate=SR, xfade=0.5), sched)
+    engine.handle("/endless/slot/1/prompt", ["rain on a tin roof"])
+    client.start()
+    assert client.state == "loading" and sched.plays_while_loading()
+    deadline = time.monotonic() + 10
+    buf = np.zeros((512, 2), np.float32)
+    try:
+        while client.state == "loading" or engine.mixer.frame < 2 * SR:
+            assert time.monotonic() < deadline
+            engine.pump()
+            engine.mixer.process(buf)
+            time.sleep(0.001)
+    finally:
+        sched.close()
+    assert client.state == "stopped" and client.error == "--backend cuda: torch sees no CUDA GPU here: use " \
+        "--backend auto or cpu"
+    assert said == ["the generator failed: --backend cuda: torch sees no CUDA GPU here: use --backend auto or cpu"]
+    assert engine.clip_log and all(ev.source.startswith("archive:") for ev in engine.clip_log)
