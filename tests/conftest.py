@@ -19,10 +19,12 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 
 # Tests never write to the user's data folder: the archive's default folder (`--archive` not given) is
-# a temporary one for the session, in this process and every `endless` it starts.
-_ARCHIVE = tempfile.mkdtemp(prefix="endless-test-archive-")
-os.environ["ENDLESS_ARCHIVE"] = _ARCHIVE
-atexit.register(shutil.rmtree, _ARCHIVE, True)
+# a temporary one for the session, in this process and every `endless` it starts (a process the tests
+# start that imports this module keeps its parent's folder, and leaves its removal to the parent).
+_TEST_ARCHIVE = os.path.join(tempfile.gettempdir(), "endless-test-archive-")
+if not os.environ.get("ENDLESS_ARCHIVE", "").startswith(_TEST_ARCHIVE):
+    os.environ["ENDLESS_ARCHIVE"] = tempfile.mkdtemp(prefix="endless-test-archive-")
+    atexit.register(shutil.rmtree, os.environ["ENDLESS_ARCHIVE"], True)
 
 
 def _need(tool: str) -> str:
