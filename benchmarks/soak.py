@@ -12,8 +12,8 @@ Figures: underflows (PortAudio's output-underflow flags, from `--stats`) and, se
 the dummy driver itself reported on jackd's stderr; starvations; resident memory (VmRSS from
 /proc) of the main process and of the generator worker (its largest child) after warm-up (a third
 of the run, at most 60 s; `--warmup`) and at the end (the last sample while the worker ran), and
-their growth; the recording's length against the run's; the archive's
-size (null: the archive does not exist yet, issue 14).
+their growth; the recording's length against the run's; the archive's size (every generated clip
+is archived into the run's own folder, capped at ARCHIVE_GB: the figure shows the cap holding).
 
 Targets: 0 underflows, RSS growth <= 5 % after warm-up, the recording complete (within a block).
 
@@ -54,6 +54,7 @@ RATE = 44100
 BLOCK = 256
 SLOTS = 8
 EVERY_S = 20.0
+ARCHIVE_GB = 1.0  # each run archives every clip into its own folder, capped here
 PROMPTS = ("rain on a tin roof", "wind through pine trees", "distant thunder rolling", "a creek over stones",
            "night insects in a field", "waves on a pebble beach", "a crackling campfire", "birdsong at dawn",
            "city traffic far away", "a heavy storm:0.6 | soft rain:0.4")
@@ -134,13 +135,25 @@ class LoggedJack(JackServer):
         return sum(1 for line in self.log.read_text(errors="replace").splitlines() if XRUN.search(line))
 
 
+def archive_flags(where: Path) -> list[str]:
+    """Every generated clip archived, as in a set, into the run's own folder (never the user's), at
+    most ARCHIVE_GB: the figure shows the archive staying within its limit."""
+    return ["--archive", str(where), "--archive-max-gb", str(ARCHIVE_GB)]
+
+
+def dir_mb(where: Path) -> float | None:
+    if not where.exists():
+        return None
+    return round(sum(f.stat().st_size for f in where.rglob("*") if f.is_file()) / 1e6, 1)
+
+
 def run_live(seconds: float, work: Path, script: Path, warmup: float | None = None) -> dict[str, Any]:
     rec: dict[str, Any] = {"mode": "live", "seconds": seconds}
     stats, take = work / "stats.json", work / "live.wav"
     with LoggedJack(work / "jackd.log") as server:
         cmd = [str(ENDLESS), "play", "--model", "tiny", "--slots", str(SLOTS), "--script", str(script),
                "--record", str(take), "--seconds", str(seconds), "--device", "system", "--latency", "low",
-               "--osc-port", "0", "--stats", str(stats), "--no-archive"]  # figures comparable; no user data
+               "--osc-port", "0", "--stats", str(stats), *archive_flags(work / "archive_live")]
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=work)
@@ -160,7 +173,7 @@ def run_live(seconds: float, work: Path, script: Path, warmup: float | None = No
                 "starvations": st["starvations"], "clips_dropped": st["clips_dropped"],
                 "recorder_overflows": st["recorder_overflows"], "callback_p99_us": st["callback_p99_us"]}
     rec["recorded_s"] = round(sf.info(str(take)).duration, 3) if take.exists() else None
-    rec["archive_mb"] = None  # the archive does not exist yet (issue 14)
+    rec["archive_mb"] = dir_mb(work / "archive_live")
     rec["load_avg_1m"] = round(os.getloadavg()[0], 2)
     rec["tail"] = (out.strip().splitlines() or [""])[-1][:300]
     return rec
@@ -170,7 +183,7 @@ def run_offline(seconds: float, work: Path, script: Path, warmup: float | None =
     rec: dict[str, Any] = {"mode": "offline", "seconds": seconds, "underflows": 0}  # no device: none possible
     out_file = work / "offline.wav"
     cmd = [str(ENDLESS), "render", "--model", "tiny", "--slots", str(SLOTS), "--script", str(script),
-           "--seconds", str(seconds), "--out", str(out_file), "--no-archive"]
+           "--seconds", str(seconds), "--out", str(out_file), *archive_flags(work / "archive_offline")]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work)
     mem = Memory(proc.pid)
@@ -187,7 +200,7 @@ def run_offline(seconds: float, work: Path, script: Path, warmup: float | None =
     m = WROTE.search(out)
     rec["starvations"] = int(m.group(1)) if m else None
     rec["recorded_s"] = round(sf.info(str(out_file)).duration, 3) if out_file.exists() else None
-    rec["archive_mb"] = None
+    rec["archive_mb"] = dir_mb(work / "archive_offline")
     return rec
 
 
