@@ -147,6 +147,7 @@ class PlaySummary:
     first_callback_ns: int = 0  # when the first callback ran (CLOCK_MONOTONIC)
     audio_tid: int = 0  # Linux: the callback's thread id
     recording_errors: tuple[str, ...] = ()  # recordings the disk refused ("recording stopped: disk full after ...")
+    first_clip_ns: int = 0  # when the first generated clip arrived (CLOCK_MONOTONIC; 0: none)
 
     def line(self) -> str:
         return (f"played {self.seconds:.1f} s: {self.underflows} underflows, {self.starvations} starvations, "
@@ -307,7 +308,8 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
                        st.clips_dropped, recorder.overflows if recorder else 0, times.percentile(50),
                        times.percentile(99), times.max_us, engine.mixer.frame / calls / sr * 1e6,
                        tuple(times.underflow_times), times.first_ns, engine.mixer.audio_tid,
-                       (recorder.error,) if recorder is not None and recorder.error is not None else ())
+                       (recorder.error,) if recorder is not None and recorder.error is not None else (),
+                       engine.generator.stats.first_clip_ns if engine.generator is not None else 0)
     if stalled is not None:
         stalled.summary = summary
         raise stalled

@@ -133,7 +133,20 @@ def _spec(cfg: SourceConfig, sample_rate: int, deterministic: bool) -> WorkerSpe
                       max_batch=1 if deterministic else cfg.max_batch, allow_download=choice.allow_download,
                       nice=cfg.generator_nice, threads=0 if deterministic else live_threads(device),
                       coreml=cfg.backend == "coreml", compute_units=cfg.compute_units,
-                      coreml_package=str(cfg.coreml_package) if cfg.coreml_package is not None else None)
+                      coreml_package=str(cfg.coreml_package) if cfg.coreml_package is not None else None,
+                      load_delay=_load_delay())
+
+
+def _load_delay() -> float:
+    """$ENDLESS_LOAD_DELAY: seconds the worker waits before loading its model, so benchmarks can measure
+    first sound against a slow-loading model on any machine (0 when unset)."""
+    text = os.environ.get("ENDLESS_LOAD_DELAY", "").strip()
+    try:
+        value = float(text) if text else 0.0
+    except ValueError:
+        value = -1.0
+    check(0.0 <= value <= 600.0, f"ENDLESS_LOAD_DELAY={text!r}: allowed 0..600 seconds (unset it for none)")
+    return value
 
 
 def _archive(cfg: SourceConfig, sample_rate: int, slots: int) -> ArchiveLink | None:

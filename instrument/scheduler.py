@@ -66,6 +66,7 @@ class GenStats:
     fallbacks: int = 0  # clips played from the archive (or silence) while the generator had none
     last_gen_seconds: float = 0.0
     rtf: float = 0.0  # generation time / audio time of the last call (< 1: faster than real time)
+    first_clip_ns: int = 0  # when the first generated clip arrived (CLOCK_MONOTONIC; 0: none yet)
 
 
 def blend_parts(prompt: str) -> tuple[str, ...]:
@@ -306,6 +307,7 @@ class Scheduler:
             self.stats.stale += 1
             return
         self.stats.clips += 1
+        self.stats.first_clip_ns = self.stats.first_clip_ns or time.monotonic_ns()
         wall = msg.clip.info.gen_seconds
         self.stats.last_gen_seconds = wall
         self.stats.rtf = wall / max(1e-9, msg.batch * msg.clip.seconds)

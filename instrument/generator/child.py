@@ -124,6 +124,8 @@ class _Child:
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
         t0 = time.perf_counter()
+        if self.spec.load_delay > 0:  # a model that takes long to load (bench_first_sound.py)
+            time.sleep(self.spec.load_delay)
         try:
             pipe = load_pipeline(self.spec.model, device=self.spec.device, dtype=getattr(torch, self.spec.dtype),
                                  vae_dtype=getattr(torch, self.spec.vae_dtype),

@@ -41,6 +41,7 @@ class WorkerSpec:
     compute_units: str = "ALL"  # Core ML compute units: ALL, CPU_AND_GPU, CPU_AND_NE, CPU_ONLY
     compile: bool = True  # on cuda: torch.compile with CUDA graphs (README: bench_generate.py on an H200)
     test_delay: float = 0.0  # extra seconds per step, for tests of starvation and hangs
+    load_delay: float = 0.0  # seconds to wait before loading the model ($ENDLESS_LOAD_DELAY: benchmarks of first sound)
     heartbeat_timeout: float = 3.0  # s without a heartbeat before the parent kills and restarts the worker
 
     def __post_init__(self) -> None:
