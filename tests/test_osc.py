@@ -237,6 +237,7 @@ CASES: dict[str, Case] = {
     "slot/seed": Case((1234,), 0.5, plan="seed"),
     "slot/length": Case((5,), 0.5, plan="seconds"),
     "slot/regenerate": Case((), plan="generation"),
+    "slot/fallback": Case(("silence",), 0.9, plan="fallback"),  # what a dry slot plays: tests/test_fallback.py
 }
 
 
