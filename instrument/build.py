@@ -100,7 +100,7 @@ def _source(cfg: SourceConfig, mixer: MixerConfig, sample_rate: int, determinist
     from instrument.generator.late import LateClient
     from instrument.generator.worker import GeneratorClient
 
-    link = _archive(cfg, sample_rate, mixer.slots)
+    link = _archive(cfg, sample_rate, mixer.slots, live=not deterministic)
     try:
         if not deterministic and link is not None and link.clips_at_start:
             # sound from the archive first: the model stack is imported while it plays
@@ -149,14 +149,15 @@ def _load_delay() -> float:
     return value
 
 
-def _archive(cfg: SourceConfig, sample_rate: int, slots: int) -> ArchiveLink | None:
+def _archive(cfg: SourceConfig, sample_rate: int, slots: int, live: bool) -> ArchiveLink | None:
     """The archive every generated clip goes to and fallback clips come from (None: --no-archive)."""
     if cfg.no_archive:
         return None
     from instrument.fallback import ArchiveLink, archive_dir
 
     max_bytes = None if cfg.archive_max_gb is None else max(1, int(cfg.archive_max_gb * 1e9))
-    return ArchiveLink(archive_dir(cfg.archive), slots, sample_rate, cfg.seed, cfg.archive_max_clips, max_bytes)
+    return ArchiveLink(archive_dir(cfg.archive), slots, sample_rate, cfg.seed, cfg.archive_max_clips, max_bytes,
+                       quick=live)
 
 
 def live_threads(device: str) -> int:

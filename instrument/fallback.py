@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +28,7 @@ from instrument.clips import Clip, ClipInfo
 
 if TYPE_CHECKING:
     from instrument.archive.embed import Embedder, Vector
-    from instrument.archive.store import Archive
+    from instrument.archive.store import Archive, Entry
     from instrument.archive.writer import ArchiveWriter
 
 __all__ = ["FALLBACKS", "ArchiveLink", "ArchiveLoader", "archive_dir", "silence"]
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 FALLBACKS = ("archive", "loop", "silence")  # the registry's slot/fallback choices
 TOP_K = 8  # a clip is drawn among the k archived clips most similar to the slot's prompt
 RECENT = 4  # never one of the slot's last few
+QUICK_POOL = 256  # while the embedder loads (live), the newest clips are matched by their words
 RETRY_S = 5.0  # a prompt the archive had nothing for is looked up again after this long (clips come in)
 SOURCE = "archive:"  # ClipInfo.source of an archived clip: "archive:<id>"
 
@@ -84,6 +85,10 @@ class LazyEmbedder:
         finally:
             self._done.set()
 
+    @property
+    def loaded(self) -> bool:
+        return self._done.is_set()
+
     def get(self) -> Embedder:
         self._done.wait()
         assert self._embedder is not None
@@ -122,8 +127,13 @@ class ArchiveLoader:
     """One prepared archive clip per slot, made on a daemon thread (see the module's docstring)."""
 
     def __init__(self, archive: Archive, embedder: Embedder, slots: int, sample_rate: int, base_seed: int = 0,
-                 k: int = TOP_K, recent: int = RECENT) -> None:
+                 k: int = TOP_K, recent: int = RECENT, quick: bool = False) -> None:
+        """`quick` (live play): while a `LazyEmbedder` still loads (sentence-transformers imports torch:
+        seconds), match the prompt by its words (the built-in embedder over the newest QUICK_POOL
+        clips' prompts) instead of waiting, so the first sound never waits for a model. An offline
+        render leaves it off: its draws must not depend on how fast a model loads."""
         self.archive, self.embedder, self.sample_rate = archive, embedder, sample_rate
+        self.quick = quick
         self.base_seed, self.k = base_seed, k
         self._jobs: queue.SimpleQueue[_Job | int | None] = queue.SimpleQueue()  # int: a clip id played
         self._cond = threading.Condition()
@@ -211,11 +221,14 @@ class ArchiveLoader:
         from instrument.archive.embed import embed_prompt
 
         try:
-            vector = embed_prompt(self.embedder, job.prompt)
-            embedder_id = self.embedder.id
             rng = np.random.default_rng(np.random.SeedSequence((self.base_seed, job.slot, job.draw, 0xA4C)))
             damaged: set[int] = set()
-            while found := [e for e, _ in self.archive.similar(vector, embedder_id, self.k, damaged)]:
+            if self.quick and isinstance(self.embedder, LazyEmbedder) and not self.embedder.loaded:
+                search = self._by_words(job.prompt)
+            else:
+                vector, embedder_id = embed_prompt(self.embedder, job.prompt), self.embedder.id
+                search = lambda exclude: [e for e, _ in self.archive.similar(vector, embedder_id, self.k, exclude)]  # noqa: E731
+            while found := search(damaged):
                 pool = ([e for e in found if e.id not in job.exclude]
                         or [e for e in found if e.id not in job.exclude[-1:]])
                 if not pool:
@@ -230,6 +243,19 @@ class ArchiveLoader:
                          f"{' '.join(str(e).split())[:200]}")
         return None
 
+    def _by_words(self, prompt: str) -> Callable[[Collection[int]], list[Entry]]:
+        """A search over the newest clips' own prompts with the built-in embedder (no stored vectors
+        needed, no model to wait for)."""
+        from instrument.archive.embed import BuiltinEmbedder, embed_prompt
+
+        words = BuiltinEmbedder()
+        pool = self.archive.entries(limit=QUICK_POOL)
+        if not pool:
+            return lambda exclude: []
+        scores = words.embed([e.blend or e.prompt for e in pool]) @ embed_prompt(words, prompt)
+        ranked = [pool[i] for i in np.argsort(-scores, kind="stable")]
+        return lambda exclude: [e for e in ranked if e.id not in exclude and not e.bad][:self.k]
+
     def _failed(self, text: str) -> None:
         self.failures += 1
         if self.failures <= 3 or self.failures % 100 == 0:  # rate-limited: one bad disk, not a flood
@@ -241,7 +267,7 @@ class ArchiveLink:
     clips). `close()` stops the loader, drains the writer, then closes the store."""
 
     def __init__(self, root: Path, slots: int, sample_rate: int, base_seed: int = 0, max_clips: int | None = None,
-                 max_bytes: int | None = None, embedder_model: str | None = None) -> None:
+                 max_bytes: int | None = None, embedder_model: str | None = None, quick: bool = False) -> None:
         from instrument.archive.store import Archive
         from instrument.archive.writer import ArchiveWriter
 
@@ -253,7 +279,7 @@ class ArchiveLink:
             self.writer: ArchiveWriter = ArchiveWriter(self.archive, self.embedder)
             self.writer.start()
             self._stack.callback(self.writer.stop)
-            self.loader = ArchiveLoader(self.archive, self.embedder, slots, sample_rate, base_seed)
+            self.loader = ArchiveLoader(self.archive, self.embedder, slots, sample_rate, base_seed, quick=quick)
             self._stack.callback(self.loader.close)
         except BaseException:
             self._stack.close()

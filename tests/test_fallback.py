@@ -382,3 +382,39 @@ def test_a_late_generator_that_cannot_be_made_fails_in_one_line_and_the_set_play
         "--backend auto or cpu"
     assert said == ["the generator failed: --backend cuda: torch sees no CUDA GPU here: use --backend auto or cpu"]
     assert engine.clip_log and all(ev.source.startswith("archive:") for ev in engine.clip_log)
+
+
+def test_live_fallback_does_not_wait_for_a_loading_embedder(archive: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sentence-transformers imports torch (seconds): live, while it loads, a slot's clip is matched by
+    the words of the archived prompts, so the first sound never waits for the model; a render waits."""
+    import threading
+
+    import instrument.archive.embed as embed_mod
+    from instrument.fallback import ArchiveLoader, LazyEmbedder
+
+    release = threading.Event()
+    real = embed_mod.load_embedder
+
+    def slow_load(model: str | None = None) -> object:
+        release.wait(30)
+        return real(model)
+
+    monkeypatch.setattr(embed_mod, "load_embedder", slow_load)
+    with Archive(archive) as arc:
+        emb = LazyEmbedder()
+        quick = ArchiveLoader(arc, emb, 1, SR, quick=True)
+        slow = ArchiveLoader(arc, emb, 1, SR, quick=False)
+        try:
+            quick.want(0, "heavy rain on a roof")
+            assert quick.wait(0, 10) and not emb.loaded
+            clip = quick.take(0, "heavy rain on a roof")
+            assert clip is not None and clip.info.prompt in RAIN  # by its words: a rain clip
+            slow.want(0, "heavy rain on a roof")
+            assert not slow.wait(0, 0.5)  # the render's loader waits for the embedder
+            release.set()
+            assert slow.wait(0, 30)
+            assert (slow.take(0, "heavy rain on a roof") or clip).info.prompt in RAIN
+        finally:
+            release.set()
+            quick.close()
+            slow.close()
