@@ -29,10 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ from _jack import JackServer, finish  # noqa: E402
 PROMPTS = ("rain on a tin roof", "heavy rain and thunder", "wind in pine trees", "waves on a pebble beach",
            "birds at dawn", "a crackling fire", "city traffic at night", "a distant train")
 SILENT_DB = -60.0
+PHASES = re.compile(r"compile cache|generator|ready|loaded|took|import", re.I)  # the render's lines worth keeping
 RATE = 44100
 
 
@@ -117,9 +120,26 @@ def run_cuda(work: Path, model_dir: Path, cache: Path, label: str) -> dict[str, 
     cmd = [*endless_cmd(), "render", "--model-dir", str(model_dir), "--backend", "cuda", "--slots", "1",
            "--seconds", "1", "--length", "10", "--out", str(work / f"cuda_{label}.wav"), "--no-archive"]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work)
-    out, err = finish(proc, 900, rec)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=work)
+    timeline: list[str] = []  # when each of the render's log lines came: where the start-up goes
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for ln in proc.stderr:
+            if PHASES.search(ln) and len(timeline) < 20:
+                timeline.append(f"{time.monotonic() - t0:6.1f} s {ln.strip()[:160]}")
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        proc.wait(900)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rec["error"] = "timed out"
+    reader.join(10)
     rec["first_clip_s"] = round(time.monotonic() - t0, 2)
+    rec["timeline"] = timeline
+    err = "\n".join(timeline)
     if proc.returncode != 0:
         rec["error"] = f"exit {proc.returncode}: " + (err.strip().splitlines() or ["no output"])[-1]
     rec["cache_mb"] = round(sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 1e6, 1)
