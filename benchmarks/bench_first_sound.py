@@ -146,6 +146,33 @@ def run_cuda(work: Path, model_dir: Path, cache: Path, label: str) -> dict[str, 
     return rec
 
 
+PHASES_CODE = """
+import json, sys, time
+t = time.perf_counter(); marks = {}
+import torch; marks["import torch"] = time.perf_counter() - t
+import diffusers, transformers; marks["import diffusers+transformers"] = time.perf_counter() - t
+from instrument.generator.compile_cache import compile_and_warm
+from instrument.generator.loading import load_pipeline
+from instrument.generator.pipeline import ClipRequest
+pipe = load_pipeline(sys.argv[1], device="cuda", dtype=torch.bfloat16, vae_dtype=torch.float16)
+torch.cuda.synchronize(); marks["load the model"] = time.perf_counter() - t
+compile_and_warm(pipe, [1]); torch.cuda.synchronize(); marks["compile and warm up"] = time.perf_counter() - t
+pipe([ClipRequest("rain", seed=1, duration=10.0)], steps=25); torch.cuda.synchronize()
+marks["first 10 s clip"] = time.perf_counter() - t
+print(json.dumps(marks))
+"""
+
+
+def phases(model_dir: Path, cache: Path) -> dict[str, float]:
+    """Where a warm start's time goes, in one fresh process (cumulative seconds at each mark)."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache))
+    proc = subprocess.run([sys.executable, "-c", PHASES_CODE, str(model_dir)], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}  # type: ignore[dict-item]
+    return {k: round(v, 2) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+
+
 def cuda_runs(work: Path) -> list[dict[str, Any]]:
     import torch
 
@@ -156,7 +183,10 @@ def cuda_runs(work: Path) -> list[dict[str, Any]]:
     model_dir = build_random_checkpoint(work / "ckpt", FULL_CONFIG, full_t5_config)
     cache = work / "cache"
     cache.mkdir()
-    return [run_cuda(work, model_dir, cache, "cold"), run_cuda(work, model_dir, cache, "warm")]
+    runs = [run_cuda(work, model_dir, cache, "cold"), run_cuda(work, model_dir, cache, "warm")]
+    runs[-1]["warm_phases_s"] = phases(model_dir, cache)  # in-process: imports, load, compile, a clip
+    print(f"warm start, cumulative seconds in one process: {runs[-1]['warm_phases_s']}", file=sys.stderr)
+    return runs
 
 
 def table(runs: list[dict[str, Any]]) -> str:
