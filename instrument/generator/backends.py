@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -87,12 +88,51 @@ def choose_model(model: str) -> ModelChoice:
     return ModelChoice(model, False, False)
 
 
-def choose_backend(backend: str) -> tuple[str, str, str]:
-    """(device, transformer dtype, VAE dtype) for `--backend`."""
-    import torch
+def cuda_devices_without_torch() -> int | None:
+    """The CUDA GPUs torch would see, asked of the driver library directly (importing torch takes
+    seconds, and the generator's worker imports it again): 0 for a CPU-only torch build or no
+    driver; None where only torch can tell (macOS, ROCm builds, an unreadable driver). CUDA is
+    initialised only in this process, which runs no CUDA work (the worker is spawned, not forked)."""
+    import ctypes
+    import importlib.metadata
+    import sys
 
+    try:
+        version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if sys.platform == "darwin" or "+rocm" in version:
+        return None
+    if "+cpu" in version:
+        return 0
+    try:
+        lib = ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return 0  # no NVIDIA driver: torch would see no GPU either
+    count = ctypes.c_int(0)
+    try:
+        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return None
+    except AttributeError:
+        return None
+    return count.value
+
+
+def choose_backend(backend: str) -> tuple[str, str, str]:
+    """(device, transformer dtype, VAE dtype) for `--backend`. Imports torch only where the answer
+    needs it (MPS, Core ML, a driver the probe cannot read): the worker imports it anyway."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend}: allowed {', '.join(BACKENDS)}")
+    if backend == "cpu":
+        return "cpu", "float32", "float32"
+    if backend in ("auto", "cuda"):
+        gpus = cuda_devices_without_torch()
+        if gpus:
+            return "cuda", "bfloat16", "float16"  # the dtypes chosen below, without importing torch here
+        if gpus == 0 and backend == "auto" and sys.platform.startswith(("linux", "win")):
+            return "cpu", "float32", "float32"  # no CUDA GPU, and MPS and Core ML are macOS only
+    import torch
+
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if backend == "auto":

@@ -19,18 +19,18 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from diffusers.models.autoencoders.autoencoder_oobleck import AutoencoderOobleck
-from safetensors.torch import load_file
-from transformers import AutoTokenizer, T5EncoderModel
-
+from instrument.generator.checkpoint import TangoFluxConfig
 from instrument.generator.download import OFFICIAL_REPO
 from instrument.generator.errors import CheckpointError, ModelNotFoundError
-from instrument.generator.model import TangoFluxConfig, TangoFluxModel
-from instrument.generator.pipeline import TangoFluxPipeline
-from instrument.generator.tiny import ensure_tiny_checkpoint
+
+if TYPE_CHECKING:  # torch, diffusers and transformers take seconds to import: only where a model loads
+    import torch
+    from diffusers.models.autoencoders.autoencoder_oobleck import AutoencoderOobleck
+
+    from instrument.generator.model import TangoFluxModel
+    from instrument.generator.pipeline import TangoFluxPipeline
 
 TINY = "tiny"
 TINY_VERSION = 1  # bump when tiny.py changes what it builds, so cached tiny checkpoints are rebuilt
@@ -90,7 +90,11 @@ def resolve_checkpoint(
     """The files of a checkpoint given as a folder, a hub id or `tiny`; raises ModelError subclasses."""
     name = os.fspath(model)
     if name == TINY and not Path(name).exists():
-        root = ensure_tiny_checkpoint(tiny_dir if tiny_dir is not None else default_tiny_dir())
+        root = Path(tiny_dir) if tiny_dir is not None else default_tiny_dir()
+        if not (root / "config.json").is_file():  # built once (imports torch)
+            from instrument.generator.tiny import ensure_tiny_checkpoint
+
+            root = ensure_tiny_checkpoint(root)
     elif Path(name).expanduser().is_dir():
         root = Path(name).expanduser()
     elif _is_repo_id(name):
@@ -145,6 +149,13 @@ def _key_summary(keys: list[str]) -> str:
 
 def load_model(paths: CheckpointPaths) -> tuple[TangoFluxModel, AutoencoderOobleck, Any]:
     """(model, vae, tokenizer) on the CPU, in the checkpoint's dtypes, weights checked key by key."""
+    import torch
+    from diffusers.models.autoencoders.autoencoder_oobleck import AutoencoderOobleck
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    from instrument.generator.model import TangoFluxModel
+
     config = read_config(paths.config)
     tokenizer = AutoTokenizer.from_pretrained(paths.text_encoder)
     text_encoder = T5EncoderModel.from_pretrained(paths.text_encoder)
@@ -192,9 +203,9 @@ def load_pipeline(
     *,
     text_encoder: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,  # None: float32
     vae_device: str | torch.device | None = None,
-    vae_dtype: torch.dtype = torch.float32,
+    vae_dtype: torch.dtype | None = None,  # None: float32
     text_device: str | torch.device | None = None,
     cache_size: int = 256,
     allow_download: bool = False,
@@ -206,6 +217,10 @@ def load_pipeline(
     >>> pipe = load_pipeline("tiny")                                       # doctest: +SKIP
     >>> pipe = load_pipeline(device="cuda", dtype=torch.bfloat16)          # doctest: +SKIP
     """
+    import torch
+
+    from instrument.generator.pipeline import TangoFluxPipeline
+
     paths = resolve_checkpoint(
         model,
         text_encoder=text_encoder,
@@ -219,9 +234,9 @@ def load_pipeline(
         vae,
         tokenizer,
         device=device,
-        dtype=dtype,
+        dtype=torch.float32 if dtype is None else dtype,
         vae_device=vae_device,
-        vae_dtype=vae_dtype,
+        vae_dtype=torch.float32 if vae_dtype is None else vae_dtype,
         text_device=text_device,
         cache_size=cache_size,
         name=TINY if os.fspath(model) == TINY else os.fspath(model),
