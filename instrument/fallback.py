@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from instrument.clips import Clip, ClipInfo
+from instrument.priority import background_thread
 
 if TYPE_CHECKING:
     from instrument.archive.embed import Embedder, Vector
@@ -77,6 +78,7 @@ class LazyEmbedder:
     def _load(self) -> None:
         from instrument.archive.embed import BuiltinEmbedder, load_embedder
 
+        background_thread()  # importing a model stack takes seconds of CPU
         try:
             self._embedder = load_embedder(self._model)
         except Exception as e:  # never fatal: the built-in one always works
@@ -195,6 +197,7 @@ class ArchiveLoader:
 
     # -- the loader's thread ---------------------------------------------------------------------
     def _run(self) -> None:
+        background_thread()  # decoding and resampling never take a CPU from the audio
         while (job := self._jobs.get()) is not None:
             if isinstance(job, int):
                 self._played(job)

@@ -100,6 +100,9 @@ class ArchiveWriter:
             self.dropped += 1
 
     def _run(self) -> None:
+        from instrument.priority import background_thread
+
+        background_thread()  # encoding, loudness and embeddings never take a CPU from the audio
         while not self._abandon.is_set():
             try:
                 clip = self._queue.get(timeout=0.1)
