@@ -16,7 +16,12 @@ import contextlib
 import os
 
 
-def background_thread() -> None:
+def idle_class(tid: int = 0) -> None:
+    """Put thread `tid` (0: the calling one) in the idle scheduling class, where Linux has it."""
     if hasattr(os, "SCHED_IDLE") and hasattr(os, "sched_setscheduler"):
         with contextlib.suppress(OSError):
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: the calling thread (Linux)
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+
+
+def background_thread() -> None:
+    idle_class(0)

@@ -40,6 +40,7 @@ from instrument.generator.protocol import (
     WorkerSpec,
     WorkerState,
 )
+from instrument.priority import idle_class
 
 HEARTBEAT_SECONDS = 0.5
 
@@ -207,11 +208,10 @@ def _lower_priority(nice: int, keep: int) -> None:
     for tid in tids:
         if tid == keep:
             continue
-        with contextlib.suppress(OSError):
-            if tid != me:
+        if tid != me:
+            with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, me))
-            if hasattr(os, "SCHED_IDLE"):
-                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        idle_class(tid)
 
 
 def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection, beat: Any) -> None:
