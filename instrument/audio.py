@@ -184,7 +184,13 @@ class Output:
         return self.mixer.callbacks
 
     def __enter__(self) -> Output:
-        self.stream.start()
+        try:
+            self.stream.start()
+        except Exception as e:  # e.g. the JACK server died between the stream's open and its start
+            self._shut = True
+            self._abandon()
+            raise AudioDeviceError(f"cannot start the output stream ({e}): is the audio server still running? "
+                                   "restart it (or reconnect the device), then start endless play again") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -201,20 +207,37 @@ class Output:
         self._shut = True
         stream = self.stream
 
+        stopped = threading.Event()
+
         def shut() -> None:
-            stream.stop()
-            stream.close()
+            try:
+                stream.stop()
+            except Exception as e:  # the server gone: the stream is then not closed (see _abandon)
+                log.debug("the audio stream's stop failed: %s", e)
+                return
+            stopped.set()
+            try:
+                stream.close()
+            except Exception as e:
+                log.debug("the audio stream's close failed: %s", e)
 
         t = threading.Thread(target=shut, name="endless-stream-stop", daemon=True)
         t.start()
         t.join(1.0 if stalled else STOP_WAIT_S)
-        if not t.is_alive():
+        if not t.is_alive() and stopped.is_set():
             return True
-        log.debug("the audio stream did not stop in time: left open, PortAudio's exit handler removed")
+        log.debug("the audio stream did not stop: left open, PortAudio's exit handler removed")
+        self._abandon()
+        return False
+
+    @staticmethod
+    def _abandon() -> None:
+        """Leave a stream that failed to start or stop open for good: closing a JACK stream whose server
+        died fails an assertion inside PortAudio (pa_jack.c CleanUpStream), which aborts the process,
+        and PortAudio's exit handler would close it too, so that handler is taken off."""
         handler = getattr(_sd(), "_exit_handler", None)
         if handler is not None:
             atexit.unregister(handler)
-        return False
 
 
 class Watchdog:

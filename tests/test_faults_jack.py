@@ -49,10 +49,18 @@ class Jack:
         self.stop(reclaim=False)
         return False
 
-    def ports(self) -> list[str]:
-        r = subprocess.run([_need("jack_lsp"), "-s", self.name], env=self.env, capture_output=True, text=True,
+    def ports(self, connections: bool = False) -> list[str]:
+        """The server's ports (`connections`: only those connected to another)."""
+        r = subprocess.run([_need("jack_lsp"), "-c", "-s", self.name], env=self.env, capture_output=True, text=True,
                            timeout=10)
-        return r.stdout.split()
+        ports: list[str] = []
+        connected: set[str] = set()
+        for line in r.stdout.splitlines():
+            if line.startswith((" ", "\t")):  # a connection of the port above
+                connected.add(ports[-1])
+            elif line.strip():
+                ports.append(line.strip())
+        return [p for p in ports if p in connected] if connections else ports
 
     def stop(self, reclaim: bool = True) -> None:
         if self.proc.poll() is None:
@@ -82,11 +90,12 @@ def _play(jack: Jack, *args: str) -> subprocess.Popen[str]:
 
 
 def _wait_playing(jack: Jack, proc: subprocess.Popen[str], timeout: float = 90) -> None:
-    """Until the player's output ports are on the server (its stream is open)."""
+    """Until the player's output ports are connected to the system's (its stream has started: the
+    ports appear at the stream's open, the connections at its start)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        if any(not p.startswith("system:") for p in jack.ports()):
+        if any(not p.startswith("system:") for p in jack.ports(connections=True)):
             return
         time.sleep(0.2)
     proc.kill()
@@ -142,3 +151,46 @@ def test_ctrl_c_after_the_jack_server_died_does_not_hang(jack: Jack) -> None:
             proc.communicate()
     assert took < 10 and proc.returncode in (0, 6, 130), (took, proc.returncode, err)
     assert "Traceback" not in err, err
+
+
+def test_a_stream_that_fails_to_start_gives_one_line_and_is_never_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The JACK server dying between the stream's open and its start: PortAudio's start fails, and
+    closing that stream would fail an assertion inside PortAudio (pa_jack.c CleanUpStream) and abort
+    the process (found by the test above under load). Now: one AudioDeviceError line, the stream
+    left open, and sounddevice's exit handler (which would close it) taken off."""
+    import atexit
+
+    import sounddevice
+
+    from instrument import audio
+    from instrument.engine import Engine
+    from instrument.errors import AudioDeviceError
+    from instrument.rt import MixerConfig
+
+    calls: list[str] = []
+
+    class DeadServerStream:
+        def __init__(self, *a: object) -> None:
+            calls.append("open")
+
+        def start(self) -> None:
+            raise sounddevice.PortAudioError("Error starting stream: Unanticipated host error [PaErrorCode -9999]")
+
+        def stop(self) -> None:
+            calls.append("stop")
+
+        def close(self) -> None:
+            calls.append("close")
+
+    unregistered: list[object] = []
+    monkeypatch.setattr(audio, "Stream", DeadServerStream)
+    monkeypatch.setattr(atexit, "unregister", unregistered.append)
+    out = audio.Output(Engine(MixerConfig(slots=1, sample_rate=44100)))
+    with pytest.raises(AudioDeviceError) as e:
+        with out:
+            pytest.fail("started")
+    msg = str(e.value)
+    assert msg.startswith("cannot start the output stream (Error starting stream") and "\n" not in msg
+    assert "is the audio server still running?" in msg and "start endless play again" in msg
+    assert calls == ["open"] and unregistered == [sounddevice._exit_handler]
+    assert out.shut(stalled=False) is False and calls == ["open"]  # put away once: never closed later
