@@ -11,7 +11,7 @@ slot's prompt changed every 20 s, round robin over a list of prompts):
 Figures: underflows (PortAudio's output-underflow flags, from `--stats`) and, separately, the xruns
 the dummy driver itself reported on jackd's stderr; starvations; resident memory (VmRSS from
 /proc) of the main process and of the generator worker (its largest child) after warm-up (a third
-of the run, at most 60 s; `--warmup`) and at the end (the last sample while the worker ran), and
+of the run, at most 160 s: until the script has changed every slot's prompt once; `--warmup`) and at the end (the last sample while the worker ran), and
 their growth; the recording's length against the run's; the archive's size (every generated clip
 is archived into the run's own folder, capped at ARCHIVE_GB: the figure shows the cap holding).
 
@@ -22,13 +22,16 @@ Targets: 0 underflows, RSS growth <= 5 % after warm-up, the recording complete (
 
 The last line of stdout is JSON: {"bench": "soak", "runs": [{"mode", "seconds", "underflows",
 "starvations", "rss_start_mb", "rss_end_mb", "recorded_s", ...}, ...], "target_met": ...}.
-Note (offline): `render` holds the whole output in memory before writing it (2 h of stereo float32
-is 2.5 GB), so its RSS grows with the length by design; the figure shows it, the target is for live.
+`--baseline SECONDS` adds a live run with no model (`--demo`) and an idle-class busy loop on every CPU: the
+xruns a non-realtime jackd gets on this machine under full load, whatever the instrument does.
+Both modes stream their audio to the file as they go (`render` writes block by block), so the
+memory target holds for both.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -74,8 +77,9 @@ def write_script(path: Path, seconds: float) -> int:
     return len(lines)
 
 
-def rss_mb(pid: int) -> float | None:
-    m = re.search(r"VmRSS:\s+(\d+) kB", read_or_empty(f"/proc/{pid}/status"))
+def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """A process's resident memory (VmRSS, or one of its parts: RssAnon, RssFile, RssShmem) in MB."""
+    m = re.search(rf"{field}:\s+(\d+) kB", read_or_empty(f"/proc/{pid}/status"))
     return int(m.group(1)) / 1024 if m else None
 
 
@@ -87,6 +91,7 @@ class Memory(threading.Thread):
         self.pid, self.every = pid, every
         self.t0 = time.monotonic()
         self.samples: list[tuple[float, float, float]] = []  # (t, main MB, worker MB)
+        self.parts: list[tuple[float, float, float]] = []  # the main process's (RssAnon, RssFile, RssShmem) MB
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -96,6 +101,8 @@ class Memory(threading.Thread):
                 return
             worker = max((r for c in children(self.pid) if (r := rss_mb(c)) is not None), default=0.0)
             self.samples.append((time.monotonic() - self.t0, main, worker))
+            anon, file, shmem = (rss_mb(self.pid, f) or 0.0 for f in ("RssAnon", "RssFile", "RssShmem"))
+            self.parts.append((anon, file, shmem))
 
     def figures(self, warmup: float) -> dict[str, Any]:
         """RSS after warm-up (the first sample at or after `warmup` s) and at the end (the last sample
@@ -107,14 +114,22 @@ class Memory(threading.Thread):
             return {"rss_start_mb": None, "rss_end_mb": None, "worker_rss_start_mb": None,
                     "worker_rss_end_mb": None, "rss_growth_pct": None, "worker_rss_growth_pct": None}
         (_, m0, w0), (_, m1, w1) = after[0], after[-1]
-        return {"rss_start_mb": round(m0, 1), "rss_end_mb": round(m1, 1), "worker_rss_start_mb": round(w0, 1),
+        i0, i1 = self.samples.index(after[0]), self.samples.index(after[-1])
+        (a0, f0, s0), (a1, f1, s1) = self.parts[i0], self.parts[i1]
+        minutes = [s for k, s in enumerate(self.samples) if k == 0 or int(s[0] // 60) != int(self.samples[k - 1][0] // 60)]
+        return {"rss_anon_file_shmem_start_mb": [round(a0, 1), round(f0, 1), round(s0, 1)],
+                "rss_anon_file_shmem_end_mb": [round(a1, 1), round(f1, 1), round(s1, 1)],
+                "rss_by_minute_mb": [round(s[1], 1) for s in minutes],
+                "rss_start_mb": round(m0, 1), "rss_end_mb": round(m1, 1), "worker_rss_start_mb": round(w0, 1),
                 "worker_rss_end_mb": round(w1, 1), "rss_growth_pct": round(100 * (m1 - m0) / m0, 2),
                 "worker_rss_growth_pct": round(100 * (w1 - w0) / w0, 2) if w0 else None,
                 "rss_peak_mb": round(max(s[1] for s in after), 1)}
 
 
 def warmup_of(seconds: float, warmup: float | None = None) -> float:
-    return min(60.0, seconds / 3) if warmup is None else warmup
+    """Until the script has changed every slot's prompt once (SLOTS x EVERY_S = 160 s: by then every
+    slot holds its queue of clips and its archived stand-in), at most a third of the run."""
+    return min(SLOTS * EVERY_S, seconds / 3) if warmup is None else warmup
 
 
 class LoggedJack(JackServer):
@@ -147,13 +162,25 @@ def dir_mb(where: Path) -> float | None:
     return round(sum(f.stat().st_size for f in where.rglob("*") if f.is_file()) / 1e6, 1)
 
 
-def run_live(seconds: float, work: Path, script: Path, warmup: float | None = None) -> dict[str, Any]:
-    rec: dict[str, Any] = {"mode": "live", "seconds": seconds}
-    stats, take = work / "stats.json", work / "live.wav"
-    with LoggedJack(work / "jackd.log") as server:
-        cmd = [str(ENDLESS), "play", "--model", "tiny", "--slots", str(SLOTS), "--script", str(script),
+BURN = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass\n"
+
+
+def run_live(seconds: float, work: Path, script: Path, warmup: float | None = None,
+             baseline: bool = False) -> dict[str, Any]:
+    """`baseline`: the same set with no model (`--demo`: built-in textures, nothing generated) and one
+    busy loop per CPU in the idle class, as the generator's worker is: the xruns this machine's
+    scheduling gives a non-realtime jackd under full load, whatever the instrument does."""
+    rec: dict[str, Any] = {"mode": "live-baseline" if baseline else "live", "seconds": seconds}
+    mode = rec["mode"]
+    stats, take, archive = work / f"{mode}-stats.json", work / f"{mode}.wav", work / f"archive_{mode}"
+    burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(os.cpu_count() or 1)] if baseline else []
+    model = ["--demo"] if baseline else ["--model", "tiny"]
+    with LoggedJack(work / f"{mode}-jackd.log") as server, contextlib.ExitStack() as stack:
+        for b in burners:
+            stack.callback(b.kill)
+        cmd = [str(ENDLESS), "play", *model, "--slots", str(SLOTS), "--script", str(script),
                "--record", str(take), "--seconds", str(seconds), "--device", "system", "--latency", "low",
-               "--osc-port", "0", "--stats", str(stats), *archive_flags(work / "archive_live")]
+               "--osc-port", "0", "--stats", str(stats), *([] if baseline else archive_flags(archive))]
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=work)
@@ -173,7 +200,7 @@ def run_live(seconds: float, work: Path, script: Path, warmup: float | None = No
                 "starvations": st["starvations"], "clips_dropped": st["clips_dropped"],
                 "recorder_overflows": st["recorder_overflows"], "callback_p99_us": st["callback_p99_us"]}
     rec["recorded_s"] = round(sf.info(str(take)).duration, 3) if take.exists() else None
-    rec["archive_mb"] = dir_mb(work / "archive_live")
+    rec["archive_mb"] = dir_mb(archive)
     rec["load_avg_1m"] = round(os.getloadavg()[0], 2)
     rec["tail"] = (out.strip().splitlines() or [""])[-1][:300]
     return rec
@@ -215,9 +242,11 @@ def table(runs: list[dict[str, Any]]) -> str:
 
 
 def met(r: dict[str, Any]) -> bool:
-    """The targets: no error, 0 underflows, RSS growth <= 5 % after warm-up (live), recording complete."""
+    """The targets: no error, 0 underflows, RSS growth <= 5 % after warm-up, recording complete."""
     complete = r.get("recorded_s") is not None and abs(r["recorded_s"] - r["seconds"]) <= BLOCK / RATE
-    growth_ok = r["mode"] == "offline" or (r.get("rss_growth_pct") is not None and r["rss_growth_pct"] <= 5.0)
+    if r["mode"] == "live-baseline":
+        return "error" not in r  # a measure of the machine, not of the instrument
+    growth_ok = r.get("rss_growth_pct") is not None and r["rss_growth_pct"] <= 5.0
     return "error" not in r and r.get("underflows") == 0 and growth_ok and complete
 
 
@@ -226,8 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=600.0, help="seconds of live play (default 600; 0: skip)")
     ap.add_argument("--offline-seconds", type=float, default=7200.0,
                     help="seconds of offline render (default 7200; 0: skip)")
+    ap.add_argument("--baseline", type=float, default=0.0, metavar="SECONDS",
+                    help="also a live run this long with no model and idle-class busy loops on every CPU "
+                         "(see run_live; default 0: none)")
     ap.add_argument("--warmup", type=float,
-                    help="seconds of each run before its RSS counts as warm (default: a third of it, at most 60)")
+                    help="seconds of each run before its RSS counts as warm (default: until every slot has had a prompt change, 160 s, at most a third of the run)")
     args = ap.parse_args(argv)
     if not ENDLESS.exists():
         raise SystemExit(f"{ENDLESS} not found: run `make test` (or `make play`) first, which builds the venv")
@@ -240,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.seconds > 0:
             runs.append(run_live(args.seconds, work, script, args.warmup))
             print(f"live: {runs[-1]}", file=sys.stderr, flush=True)
+        if args.baseline > 0:
+            runs.append(run_live(args.baseline, work, script, args.warmup, baseline=True))
+            print(f"live-baseline: {runs[-1]}", file=sys.stderr, flush=True)
         if args.offline_seconds > 0:
             runs.append(run_offline(args.offline_seconds, work, script, args.warmup))
             print(f"offline: {runs[-1]}", file=sys.stderr, flush=True)
