@@ -19,6 +19,9 @@ from instrument.errors import ConfigError
 from instrument.rt import LOOKAHEAD_S
 
 
+BACKENDS = ("auto", "cuda", "mps", "coreml", "cpu")  # --backend (instrument/generator/backends.py chooses)
+
+
 def check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -45,6 +48,9 @@ class SourceConfig:
     archive_max_gb: float | None = None
 
     def __post_init__(self) -> None:
+        # checked here, not only where the backend is chosen: with an archive to play from, `play` chooses
+        # it after the audio has started (generator/late.py), where a typo would be a log line, not an exit
+        check(self.backend in BACKENDS, f"--backend {self.backend}: allowed {', '.join(BACKENDS)}")
         check(1 <= self.max_batch <= 16, f"--max-batch {self.max_batch}: allowed 1..16")
         check(self.archive_max_clips is None or 1 <= self.archive_max_clips <= 10_000_000,
               f"--archive-max-clips {self.archive_max_clips}: allowed 1..10000000 (leave it out for no limit)")

@@ -308,7 +308,9 @@ def test_archive_settings_are_checked_with_one_line_errors(tmp_path: Path) -> No
     for kwargs, said in [({"archive_max_clips": 0}, "--archive-max-clips 0: allowed 1..10000000"),
                          ({"archive_max_gb": -1.0}, "--archive-max-gb -1.0: allowed 0.001..100000 GB"),
                          ({"archive": tmp_path, "no_archive": True}, "--archive and --no-archive: give one"),
-                         ({"archive": tmp_path, "demo": True}, "the archive keeps generated clips")]:
+                         ({"archive": tmp_path, "demo": True}, "the archive keeps generated clips"),
+                         # a typo is an exit at once, even where play would choose the backend only later
+                         ({"backend": "cdua"}, "--backend cdua: allowed auto, cuda, mps, coreml, cpu")]:
         with pytest.raises(ConfigError, match=said):
             SourceConfig(**kwargs)  # type: ignore[arg-type]
     r = endless("render", "--seconds", "1", "--out", str(tmp_path / "x.wav"), "--archive-max-clips", "0")

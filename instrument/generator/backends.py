@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from instrument.config import BACKENDS
 from instrument.errors import ConfigError
 from instrument.generator.download import fetch_weights
 from instrument.generator.errors import ModelNotFoundError
@@ -22,7 +23,6 @@ from instrument.generator.loading import CHECKPOINT_FILES, OFFICIAL_REPO, TINY, 
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "cuda", "mps", "coreml", "cpu")
 TINY_WARNING = """\
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
 !!  NO TANGOFLUX WEIGHTS FOUND: playing the TINY RANDOM-WEIGHT STAND-IN. IT SOUNDS LIKE NOISE.
