@@ -18,7 +18,6 @@ from instrument.control.osc import OscConfig
 from instrument.errors import ConfigError
 from instrument.rt import LOOKAHEAD_S
 
-
 BACKENDS = ("auto", "cuda", "mps", "coreml", "cpu")  # --backend (instrument/generator/backends.py chooses)
 
 

@@ -186,9 +186,8 @@ def test_a_stream_that_fails_to_start_gives_one_line_and_is_never_closed(monkeyp
     monkeypatch.setattr(audio, "Stream", DeadServerStream)
     monkeypatch.setattr(atexit, "unregister", unregistered.append)
     out = audio.Output(Engine(MixerConfig(slots=1, sample_rate=44100)))
-    with pytest.raises(AudioDeviceError) as e:
-        with out:
-            pytest.fail("started")
+    with pytest.raises(AudioDeviceError) as e, out:
+        pytest.fail("started")
     msg = str(e.value)
     assert msg.startswith("cannot start the output stream (Error starting stream") and "\n" not in msg
     assert "is the audio server still running?" in msg and "start endless play again" in msg
