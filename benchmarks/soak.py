@@ -167,7 +167,8 @@ BURN = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nw
 
 def run_live(seconds: float, work: Path, script: Path, warmup: float | None = None,
              baseline: bool = False) -> dict[str, Any]:
-    """`baseline`: the same set with no model (`--demo`: built-in textures, nothing generated) and one
+    """`baseline`: the same set with no model (`--demo`: built-in textures, nothing generated, so no
+    prompt script) and one
     busy loop per CPU in the idle class, as the generator's worker is: the xruns this machine's
     scheduling gives a non-realtime jackd under full load, whatever the instrument does."""
     rec: dict[str, Any] = {"mode": "live-baseline" if baseline else "live", "seconds": seconds}
@@ -178,7 +179,8 @@ def run_live(seconds: float, work: Path, script: Path, warmup: float | None = No
     with LoggedJack(work / f"{mode}-jackd.log") as server, contextlib.ExitStack() as stack:
         for b in burners:
             stack.callback(b.kill)
-        cmd = [str(ENDLESS), "play", *model, "--slots", str(SLOTS), "--script", str(script),
+        steer = [] if baseline else ["--script", str(script)]  # prompts need a generator
+        cmd = [str(ENDLESS), "play", *model, "--slots", str(SLOTS), *steer,
                "--record", str(take), "--seconds", str(seconds), "--device", "system", "--latency", "low",
                "--osc-port", "0", "--stats", str(stats), *([] if baseline else archive_flags(archive))]
         t0 = time.monotonic()
