@@ -108,14 +108,12 @@ class Memory(threading.Thread):
         """RSS after warm-up (the first sample at or after `warmup` s) and at the end (the last sample
         while the worker still ran: not the shutdown), and their growth."""
         top = max((s[2] for s in self.samples), default=0.0)
-        running = [s for s in self.samples if s[2] >= top / 2]
-        after = [s for s in running if s[0] >= warmup]
+        after = [k for k, s in enumerate(self.samples) if s[2] >= top / 2 and s[0] >= warmup]  # while it ran
         if len(after) < 2:
             return {"rss_start_mb": None, "rss_end_mb": None, "worker_rss_start_mb": None,
                     "worker_rss_end_mb": None, "rss_growth_pct": None, "worker_rss_growth_pct": None}
-        (_, m0, w0), (_, m1, w1) = after[0], after[-1]
-        i0, i1 = self.samples.index(after[0]), self.samples.index(after[-1])
-        (a0, f0, s0), (a1, f1, s1) = self.parts[i0], self.parts[i1]
+        (_, m0, w0), (_, m1, w1) = self.samples[after[0]], self.samples[after[-1]]
+        (a0, f0, s0), (a1, f1, s1) = self.parts[after[0]], self.parts[after[-1]]
         minutes = [s for k, s in enumerate(self.samples) if k == 0 or int(s[0] // 60) != int(self.samples[k - 1][0] // 60)]
         return {"rss_anon_file_shmem_start_mb": [round(a0, 1), round(f0, 1), round(s0, 1)],
                 "rss_anon_file_shmem_end_mb": [round(a1, 1), round(f1, 1), round(s1, 1)],
@@ -123,7 +121,7 @@ class Memory(threading.Thread):
                 "rss_start_mb": round(m0, 1), "rss_end_mb": round(m1, 1), "worker_rss_start_mb": round(w0, 1),
                 "worker_rss_end_mb": round(w1, 1), "rss_growth_pct": round(100 * (m1 - m0) / m0, 2),
                 "worker_rss_growth_pct": round(100 * (w1 - w0) / w0, 2) if w0 else None,
-                "rss_peak_mb": round(max(s[1] for s in after), 1)}
+                "rss_peak_mb": round(max(self.samples[k][1] for k in after), 1)}
 
 
 def warmup_of(seconds: float, warmup: float | None = None) -> float:

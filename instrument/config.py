@@ -26,6 +26,10 @@ def check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_backend(backend: str) -> None:
+    check(backend in BACKENDS, f"--backend {backend}: allowed {', '.join(BACKENDS)}")
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     """Where clips come from: the generator (a model on a backend), a folder of files, or the demo."""
@@ -49,7 +53,7 @@ class SourceConfig:
     def __post_init__(self) -> None:
         # checked here, not only where the backend is chosen: with an archive to play from, `play` chooses
         # it after the audio has started (generator/late.py), where a typo would be a log line, not an exit
-        check(self.backend in BACKENDS, f"--backend {self.backend}: allowed {', '.join(BACKENDS)}")
+        check_backend(self.backend)
         check(1 <= self.max_batch <= 16, f"--max-batch {self.max_batch}: allowed 1..16")
         check(self.archive_max_clips is None or 1 <= self.archive_max_clips <= 10_000_000,
               f"--archive-max-clips {self.archive_max_clips}: allowed 1..10000000 (leave it out for no limit)")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from instrument.config import BACKENDS
+from instrument.config import check_backend
 from instrument.errors import ConfigError
 from instrument.generator.download import fetch_weights
 from instrument.generator.errors import ModelNotFoundError
@@ -121,8 +121,7 @@ def cuda_devices_without_torch() -> int | None:
 def choose_backend(backend: str) -> tuple[str, str, str]:
     """(device, transformer dtype, VAE dtype) for `--backend`. Imports torch only where the answer
     needs it (MPS, Core ML, a driver the probe cannot read): the worker imports it anyway."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"--backend {backend}: allowed {', '.join(BACKENDS)}")
+    check_backend(backend)
     if backend == "cpu":
         return "cpu", "float32", "float32"
     if backend in ("auto", "cuda"):
