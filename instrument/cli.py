@@ -7,8 +7,10 @@ EndlessError into one line on stderr and an exit code (`--verbose` shows the tra
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -135,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, required=True, metavar="FILE", help="output file (.wav or .flac)")
     r.add_argument("--samplerate", type=int, default=44100, help="output rate in Hz (default 44100)")
     r.add_argument("--blocksize", type=int, default=512, help="frames per block (default 512)")
+    r.add_argument("--stats", type=Path, metavar="FILE",
+                   help="at the end, write the generator's timings as JSON to FILE (CLOCK_MONOTONIC ns: "
+                        "first_clip_ns, compiled_ns; clips, starvations)")
     r.add_argument("--live-timing", action="store_true",
                    help="run the audio clock at real time instead of waiting for clips (shows starvation)")
 
@@ -204,6 +209,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     _check(args.seconds > 0, f"--seconds {args.seconds}: must be > 0")
     _check(1 <= args.blocksize <= 16384, f"--blocksize {args.blocksize}: allowed 1..16384")
     check_output_path(args.out)
+    _check(args.stats is None or args.stats.parent.is_dir(),
+           f"--stats {args.stats}: folder {args.stats.parent if args.stats else ''} does not exist: create it first")
     engine = build_engine(_engine_config(args), args.samplerate, args.blocksize, deterministic=not args.live_timing)
     t0 = time.perf_counter()
     bar = _Progress("render", engine) if sys.stderr.isatty() else None
@@ -218,6 +225,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     st = engine.stats()
     print(f"wrote {args.out}: {args.seconds:g} s, {args.samplerate} Hz stereo, {args.seconds / wall:.1f}x real "
           f"time, {sum(st.starvations)} starvations, limiter {st.limiter_db:.1f} dB{_gen_summary(engine)}")
+    if args.stats is not None:
+        gs = engine.generator.stats if engine.generator is not None else None
+        stats = {"first_clip_ns": gs.first_clip_ns if gs else 0, "compiled_ns": gs.compiled_ns if gs else 0,
+                 "clips": gs.clips if gs else 0, "starvations": sum(st.starvations), "wall_s": wall, "pid": os.getpid()}
+        try:
+            args.stats.write_text(json.dumps(stats) + "\n")
+        except OSError as e:
+            raise ConfigError(f"--stats {args.stats}: cannot write it ({e.strerror or e}): choose a writable path") from e
     return 0
 
 

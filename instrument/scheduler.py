@@ -31,7 +31,7 @@ from instrument.blend import format_blend, parse_blend
 from instrument.clips import Clip
 from instrument.errors import ParamError
 from instrument.fallback import FALLBACKS, ArchiveLink, silence
-from instrument.generator.protocol import ClipReady, Dropped, Failed, Request
+from instrument.generator.protocol import ClipReady, Compiled, Dropped, Failed, Request
 from instrument.generator.worker import GeneratorClient
 from instrument.sources import Player
 
@@ -67,6 +67,7 @@ class GenStats:
     last_gen_seconds: float = 0.0
     rtf: float = 0.0  # generation time / audio time of the last call (< 1: faster than real time)
     first_clip_ns: int = 0  # when the first generated clip arrived (CLOCK_MONOTONIC; 0: none yet)
+    compiled_ns: int = 0  # CUDA: when the worker finished compiling (full speed; CLOCK_MONOTONIC; 0: not yet)
 
 
 def blend_parts(prompt: str) -> tuple[str, ...]:
@@ -286,6 +287,8 @@ class Scheduler:
                 if msg.reason.startswith("non-finite"):
                     self.stats.nonfinite += 1
                     self.on_event(f"slot {msg.slot + 1}: clip dropped, {msg.reason}")
+            elif isinstance(msg, Compiled):
+                self.stats.compiled_ns = time.monotonic_ns()
             elif isinstance(msg, Failed):
                 self.stats.failures += 1
                 for p in self.plans:

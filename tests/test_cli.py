@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +147,23 @@ def test_play_checks_the_stats_folder_before_the_set(tmp_path: Path) -> None:
     r = endless("play", "--demo", "--seconds", "1", "--stats", str(tmp_path / "missing" / "s.json"))
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "--stats" in lines[0] and "does not exist" in lines[0], r.stderr
+
+
+@pytest.mark.timeout(300)
+def test_render_stats_say_when_the_first_clip_came(tmp_path: Path) -> None:
+    """`render --stats`: when the first generated clip arrived (benchmarks/bench_first_sound.py's
+    CUDA figure); no compile on a CPU, so compiled_ns stays 0. A missing folder is refused first."""
+    bad = endless("render", "--demo", "--seconds", "1", "--out", str(tmp_path / "x.wav"),
+                  "--stats", str(tmp_path / "missing" / "s.json"))
+    assert bad.returncode == 2 and "--stats" in bad.stderr and "does not exist" in bad.stderr, bad.stderr
+    stats = tmp_path / "s.json"
+    t0 = time.monotonic_ns()
+    r = endless("render", "--model", "tiny", "--slots", "1", "--seconds", "2", "--length", "2", "--steps", "2",
+                "--out", str(tmp_path / "t.wav"), "--stats", str(stats), env=_offline_env(tmp_path), timeout=280)
+    t1 = time.monotonic_ns()
+    assert r.returncode == 0, r.stderr
+    data = json.loads(stats.read_text())
+    assert t0 < data["first_clip_ns"] < t1 and data["clips"] >= 1 and data["compiled_ns"] == 0, data
 
 
 @pytest.mark.timeout(300)

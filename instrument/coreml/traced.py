@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.models.embeddings import Timesteps
-from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
 from safetensors import safe_open
 from torch import nn
 
-from instrument.coreml import BATCH, TEXT_ROWS, TIME_PROJ_DIM, shapes
+from instrument.coreml import BATCH, TEXT_ROWS, shapes
 from instrument.generator.errors import CheckpointError
+from instrument.generator.flux import FluxTransformer, TimeProjection
 from instrument.generator.loading import read_config
 from instrument.generator.model import flux_transformer
 
@@ -31,7 +30,7 @@ TRANSFORMER_PREFIX = "transformer."
 
 
 # -- what is traced -------------------------------------------------------------------------------
-def rope_tables(transformer: FluxTransformer2DModel, text_rows: int, audio_seq_len: int
+def rope_tables(transformer: FluxTransformer, text_rows: int, audio_seq_len: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The RoPE (cos, sin) tables the pipeline's ids give, (text_rows + L, 128) each, fp32 on the CPU.
 
@@ -48,7 +47,7 @@ def rope_tables(transformer: FluxTransformer2DModel, text_rows: int, audio_seq_l
 
 def time_projection() -> nn.Module:
     """Flux's timestep sinusoids (parameter-free; as `time_text_embed.time_proj`)."""
-    return Timesteps(num_channels=TIME_PROJ_DIM, flip_sin_to_cos=True, downscale_freq_shift=0)
+    return TimeProjection()  # TIME_PROJ_DIM (256) channels
 
 
 def timestep_projection(timestep: torch.Tensor, time_proj: nn.Module | None = None) -> torch.Tensor:
@@ -62,13 +61,13 @@ def timestep_projection(timestep: torch.Tensor, time_proj: nn.Module | None = No
 
 
 class TransformerForCoreML(nn.Module):
-    """Exactly what is traced: `FluxTransformer2DModel.forward` at fixed shapes, its inputs as below.
+    """Exactly what is traced: `FluxTransformer.forward` at fixed shapes, its inputs as below.
 
     hidden_states (B, L, 64), encoder_hidden_states (B, T, D), pooled_projections (B, D),
     timestep_proj (B, 256) fp32 sinusoids, key_mask (B, T + L) 1 keep / 0 pad -> velocity (B, L, 64).
     """
 
-    def __init__(self, transformer: FluxTransformer2DModel, audio_seq_len: int, text_rows: int = TEXT_ROWS) -> None:
+    def __init__(self, transformer: FluxTransformer, audio_seq_len: int, text_rows: int = TEXT_ROWS) -> None:
         super().__init__()
         self.transformer = transformer
         cos, sin = rope_tables(transformer, text_rows, audio_seq_len)
@@ -147,7 +146,7 @@ def pipeline_call(pipe: Any, requests: list[Any]) -> dict[str, Any]:
 
 
 # -- loading only the transformer ----------------------------------------------------------------
-def load_transformer(root: Path) -> FluxTransformer2DModel:
+def load_transformer(root: Path) -> FluxTransformer:
     """The checkpoint's Flux transformer alone (fp32, CPU, eval): T5 and the VAE are not loaded."""
     config = read_config(root / "config.json")
     weights = root / "tangoflux.safetensors"

@@ -1,12 +1,13 @@
 """The generator worker's own process: it owns the model (`worker.py` supervises it).
 
-A heartbeat thread counts up a shared counter for its whole life (and, while loading, also says
-so through the pipe), so the parent tells a stopped or frozen process from a busy one within
+A heartbeat thread counts up a shared counter for its whole life (and, while loading or compiling,
+also says so through the pipe), so the parent tells a stopped or frozen process from a busy one within
 seconds: a model load, a first CUDA compile and a slow step all beat on. It keeps the normal
 scheduling class (the rest of the worker is in the idle class) and needs no pipe, so a busy
 machine or a clip being written cannot hold a beat back.
 
-Load the pipeline, then loop: take requests (priority first), batch those with equal steps,
+Load the pipeline and say Ready; on CUDA, the first batch runs eagerly and the compile follows it
+(`Compiled` when done), so the first clip does not wait for the compile. Then loop: take requests (priority first), batch those with equal steps,
 generate with progress after every step, check for cancels between steps, post-process each clip
 (finite check, fades, loudness, resample) and send it back through the pipe. The model's modules
 are imported here, inside `run`, so the instrument that imports this module for the spawn target
@@ -20,6 +21,7 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -28,6 +30,7 @@ from instrument.generator.errors import Cancelled
 from instrument.generator.protocol import (
     Cancel,
     ClipReady,
+    Compiled,
     Dropped,
     Failed,
     FromWorker,
@@ -43,6 +46,9 @@ from instrument.generator.protocol import (
 from instrument.priority import idle_class
 
 HEARTBEAT_SECONDS = 0.5
+CompileFn = Callable[[Any, tuple[int, ...]], tuple[float, int]]  # compile_cache.compile_and_warm
+FIRST_REQUEST_WAIT = 2.0  # s after Ready that a CUDA worker waits for a first request before compiling
+FIRST_REQUEST_POLL = 0.05
 
 
 class _Child:
@@ -56,6 +62,7 @@ class _Child:
         self.cancelled: set[int] = set()
         self.stop = False
         self.state: WorkerState = "loading"
+        self.compiling = False  # CUDA compile under way (after Ready): the heartbeat thread says "ready"
 
     def send(self, msg: FromWorker) -> None:
         with self.send_lock:
@@ -74,8 +81,8 @@ class _Child:
             time.sleep(interval)
             self.beat.value += 1
             with self.send_lock:
-                if self.state == "loading":
-                    self.outbox.send(Heartbeat("loading", time.time()))
+                if self.state == "loading" or self.compiling:  # long work that sends nothing else
+                    self.outbox.send(Heartbeat(self.state, time.time()))
 
     def start_pulse(self) -> int:
         """Start the heartbeat thread; returns its native thread id."""
@@ -114,13 +121,24 @@ class _Child:
         self.queue = [r for r in self.queue if r.id not in ids]
         return batch
 
+    def compile(self, pipe: Any, sizes: tuple[int, ...], compile_and_warm: CompileFn) -> None:
+        """Compile and capture each batch size (compile_cache.py), then say so; a failure leaves the
+        transformer eager, and is said once: generation goes on, slower."""
+        self.compiling = True
+        try:
+            took, reused = compile_and_warm(pipe, sizes)
+        except Exception as e:
+            self.send(Failed(f"generator: compiling failed ({_compile_note(e)}): generating without it, slower"))
+            return
+        finally:
+            self.compiling = False
+        self.send(Compiled(took, reused))
+
     def run(self) -> None:
         import torch
 
         from instrument.generator.compile_cache import compile_and_warm
         from instrument.generator.loading import load_pipeline
-        from instrument.generator.pipeline import ClipRequest
-        from instrument.generator.post import NonFiniteAudio, postprocess
 
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
@@ -146,18 +164,37 @@ class _Child:
             if coreml is not None:
                 pipe.model.transformer = coreml
                 device = f"coreml {self.spec.compute_units} + {pipe.device}"
-        sizes = self.batch_sizes()
-        if self.spec.compile and pipe.device.type == "cuda":  # compile and capture each batch size now, not mid-set,
-            compile_and_warm(pipe, sizes)  # reusing and keeping the on-disk compile caches (compile_cache.py)
         self.announce(Ready(pipe.name, device, str(pipe.dtype).replace("torch.", ""), self.spec.sample_rate,
                         time.perf_counter() - t0))
+        # CUDA: ready (and generating) before compiling (compile_cache.py).
+        self.serve(pipe, compile_and_warm if self.spec.compile and pipe.device.type == "cuda" else None)
+
+    def serve(self, pipe: Any, compile_and_warm: CompileFn | None = None) -> None:
+        """Generate what is asked until Shutdown. With `compile_and_warm` (CUDA), the first batch runs
+        eagerly, about as soon as the model is on the GPU, and the compile (seconds from the on-disk
+        caches, about a minute without) follows it and brings full speed; with no request within
+        FIRST_REQUEST_WAIT s of Ready, it compiles at once. The archive covers the slots meanwhile."""
+        from instrument.generator.pipeline import ClipRequest
+        from instrument.generator.post import NonFiniteAudio, postprocess
+
+        sizes = self.batch_sizes()
+        compile_pending = compile_and_warm is not None
+        served = False
+        ready_at = time.monotonic()
         while not self.stop:
-            self.drain(HEARTBEAT_SECONDS if not self.queue else 0.0)
+            self.drain(0.0 if self.queue else FIRST_REQUEST_POLL if compile_pending else HEARTBEAT_SECONDS)
             if self.stop:
                 break
-            if not self.queue:
-                self.send(Heartbeat("ready", time.time()))
+            if (compile_and_warm is not None and compile_pending
+                    and (served or not self.queue and time.monotonic() - ready_at > FIRST_REQUEST_WAIT)):
+                compile_pending = False
+                self.compile(pipe, sizes, compile_and_warm)
                 continue
+            if not self.queue:
+                if not compile_pending:
+                    self.send(Heartbeat("ready", time.time()))
+                continue
+            served = True
             batch = self.next_batch()
             ids = tuple(r.id for r in batch)
 
@@ -192,6 +229,10 @@ class _Child:
                     self.send(Dropped(r.id, r.slot, f"non-finite audio: {e}"))
                     continue
                 self.send(ClipReady(r.id, r.slot, r.generation, clip, len(batch), lufs))
+
+
+def _compile_note(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
 
 
 def _lower_priority(nice: int, keep: int) -> None:

@@ -106,9 +106,11 @@ def save(root: Path, key: str, about: dict[str, object]) -> int:
     return sum(len(v) for v in info.artifacts.values())
 
 
-def compile_and_warm(pipe: TangoFluxPipeline, sizes: Sequence[int], root: Path | None = None) -> None:
+def compile_and_warm(pipe: TangoFluxPipeline, sizes: Sequence[int], root: Path | None = None) -> tuple[float, int]:
     """torch.compile the pipeline's transformer and run each batch size once (compile and CUDA graph
-    capture now, not mid-set), reusing and then keeping the compile caches."""
+    capture now, not mid-set), reusing and then keeping the compile caches. Returns (seconds it
+    took, artifacts reused from the cache). If compiling fails, the transformer is left as it was
+    (eager) and the error raised."""
     import torch
 
     from instrument.generator.pipeline import ClipRequest
@@ -121,15 +123,21 @@ def compile_and_warm(pipe: TangoFluxPipeline, sizes: Sequence[int], root: Path |
     key = cache_key(pipe.name, str(pipe.dtype), sizes, torch.__version__, COMPILE_MODE, device)
     t0 = time.perf_counter()
     loaded = load(root, key)
+    eager = pipe.model.transformer
     pipe.compile(COMPILE_MODE)
-    for n in sizes:
-        pipe([ClipRequest("warm up", seed=0, duration=1.0)] * n, steps=2)
+    try:
+        for n in sizes:
+            pipe([ClipRequest("warm up", seed=0, duration=1.0)] * n, steps=2)
+    except Exception:
+        pipe.model.transformer = eager
+        raise
     took = time.perf_counter() - t0
     if loaded:
         log.info("compile cache: %d artifacts reused from %s, warm in %.1f s", loaded, root, took)
-        return
+        return took, loaded
     saved = save(root, key, about)
     log.info("compile cache: compiled in %.1f s, %d artifacts kept in %s for the next start", took, saved, root)
+    return took, 0
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,17 +24,18 @@ from instrument.generator.checkpoint import TangoFluxConfig
 from instrument.generator.download import OFFICIAL_REPO
 from instrument.generator.errors import CheckpointError, ModelNotFoundError
 
-if TYPE_CHECKING:  # torch, diffusers and transformers take seconds to import: only where a model loads
+if TYPE_CHECKING:  # torch takes seconds to import: only where a model loads
     import torch
-    from diffusers.models.autoencoders.autoencoder_oobleck import AutoencoderOobleck
 
     from instrument.generator.model import TangoFluxModel
+    from instrument.generator.oobleck import OobleckVAE
     from instrument.generator.pipeline import TangoFluxPipeline
 
 TINY = "tiny"
 TINY_VERSION = 1  # bump when tiny.py changes what it builds, so cached tiny checkpoints are rebuilt
 CHECKPOINT_FILES = ("config.json", "tangoflux.safetensors", "vae.safetensors")
 TEXT_ENCODER_PREFIX = "text_encoder."
+TIED_EMBEDDING = "encoder.embed_tokens.weight"  # T5's input embedding, tied to shared.weight
 _LAYOUT = "a folder with config.json, tangoflux.safetensors and vae.safetensors"
 
 
@@ -147,30 +147,69 @@ def _key_summary(keys: list[str]) -> str:
     return f"{len(keys)} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
 
 
-def load_model(paths: CheckpointPaths) -> tuple[TangoFluxModel, AutoencoderOobleck, Any]:
-    """(model, vae, tokenizer) on the CPU, in the checkpoint's dtypes, weights checked key by key."""
+def load_text_encoder(folder: Path, overrides: dict[str, torch.Tensor], source: Path, device: str = "cpu"
+                      ) -> tuple[torch.nn.Module, Any]:
+    """(T5 encoder, tokenizer) from a transformers T5 folder, `overrides` (TangoFlux's `text_encoder.*`
+    weights, prefix removed) on top of the folder's own `model.safetensors`; ours (`t5.py`), which
+    imports no transformers. A folder without `tokenizer.json` gets transformers' tokenizer."""
     import torch
-    from diffusers.models.autoencoders.autoencoder_oobleck import AutoencoderOobleck
+    from safetensors import safe_open
+
+    from instrument.generator.t5 import T5Config, T5Encoder, Tokenizer
+
+    config = T5Config.read(folder / "config.json")
+    if (folder / "tokenizer.json").is_file():
+        tokenizer: Any = Tokenizer(folder / "tokenizer.json")
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    with torch.device("meta"):
+        encoder = T5Encoder(config)
+    expected = set(encoder.state_dict()) - {TIED_EMBEDDING}  # the same tensor as shared.weight
+    state = {("shared.weight" if k == TIED_EMBEDDING else k): v for k, v in overrides.items()}
+    unexpected = sorted(set(state) - expected)
+    if unexpected:
+        raise CheckpointError(
+            f"{source}: text_encoder keys the T5 in {folder} does not have: {_key_summary(unexpected)}")
+    need = expected - set(state)
+    if need:  # from the folder's own weights (TangoFlux's file usually holds them all)
+        own = folder / "model.safetensors"
+        if not own.is_file():
+            raise CheckpointError(f"{folder}: no model.safetensors, and {source} lacks "
+                                  f"{_key_summary(sorted(need))} of the text encoder")
+        with safe_open(str(own), framework="pt", device=device) as f:
+            keys = set(f.keys())
+            for key in sorted(need):
+                name = key if key in keys else TIED_EMBEDDING if key == "shared.weight" else key
+                if name in keys:
+                    state[key] = f.get_tensor(name)
+    missing = sorted(expected - set(state))
+    if missing:
+        raise CheckpointError(f"{folder}: text encoder weights missing: {_key_summary(missing)}")
+    state[TIED_EMBEDDING] = state["shared.weight"]
+    encoder.load_state_dict(state, strict=True, assign=True)
+    return encoder.eval(), tokenizer
+
+
+def load_model(paths: CheckpointPaths, device: str | torch.device = "cpu") -> tuple[TangoFluxModel, OobleckVAE, Any]:
+    """(model, vae, tokenizer) on `device`, in the checkpoint's dtypes, weights checked key by key.
+    Our modules only (`flux.py`, `t5.py`, `oobleck.py`): no diffusers or transformers import. On a
+    GPU the tensors go there as they are read (and are converted there): no CPU copy of the model."""
+    import torch
+    from safetensors import safe_open
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer, T5EncoderModel
 
     from instrument.generator.model import TangoFluxModel
+    from instrument.generator.oobleck import OobleckConfig, load_decoder
 
+    device = str(device)
     config = read_config(paths.config)
-    tokenizer = AutoTokenizer.from_pretrained(paths.text_encoder)
-    text_encoder = T5EncoderModel.from_pretrained(paths.text_encoder)
-    weights = load_file(str(paths.weights), device="cpu")
-
+    weights = load_file(str(paths.weights), device=device)
     te_weights = {
         k[len(TEXT_ENCODER_PREFIX) :]: v for k, v in weights.items() if k.startswith(TEXT_ENCODER_PREFIX)
     }
-    # Copied in place (not assigned) so T5's tied embeddings stay tied.
-    result = text_encoder.load_state_dict(te_weights, strict=False)
-    if result.unexpected_keys:
-        raise CheckpointError(
-            f"{paths.weights}: text_encoder keys the T5 in {paths.text_encoder} does not have: "
-            f"{_key_summary(result.unexpected_keys)}"
-        )
+    text_encoder, tokenizer = load_text_encoder(paths.text_encoder, te_weights, paths.weights, device)
 
     with torch.device("meta"):  # built without random init; every tensor comes from the file
         model = TangoFluxModel(config, text_encoder)
@@ -183,14 +222,10 @@ def load_model(paths: CheckpointPaths) -> tuple[TangoFluxModel, AutoencoderOoble
             f"unexpected {_key_summary(result.unexpected_keys)}"
         )
 
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # diffusers' Oobleck uses the old weight_norm
-        vae = AutoencoderOobleck(**(config.vae_config or {}))
-    try:
-        vae.load_state_dict(load_file(str(paths.vae), device="cpu"), strict=True, assign=True)
-    except RuntimeError as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"{paths.vae} does not fit the VAE config in {paths.config}: {reason}") from exc
+    vae_config = OobleckConfig.from_dict(config.vae_config, str(paths.config))
+    with safe_open(str(paths.vae), framework="pt", device=device) as f:  # the decoder's tensors only
+        vae_state = {k: f.get_tensor(k) for k in f.keys() if k.startswith("decoder.")}  # noqa: SIM118
+    vae = load_decoder(vae_config, vae_state, str(paths.vae))
 
     on_meta = [n for n, t in [*model.named_parameters(), *vae.named_parameters()] if t.device.type == "meta"]
     if on_meta:
@@ -228,7 +263,11 @@ def load_pipeline(
         cache_dir=cache_dir,
         tiny_dir=tiny_dir,
     )
-    tangoflux, vae, tokenizer = load_model(paths)
+    warm = _CudaWarmUp(device)  # CUDA's own start-up (context, cuBLAS, cuDNN) while the weights are read
+    try:
+        tangoflux, vae, tokenizer = load_model(paths, device=_load_device(device, vae_device, text_device))
+    finally:
+        warm.join()
     return TangoFluxPipeline(
         tangoflux,
         vae,
@@ -241,3 +280,49 @@ def load_pipeline(
         cache_size=cache_size,
         name=TINY if os.fspath(model) == TINY else os.fspath(model),
     )
+
+
+def _load_device(device: Any, vae_device: Any, text_device: Any) -> str:
+    """Where the weights are read to: the GPU when every part runs there, else the CPU."""
+    devices = {str(d) for d in (device, vae_device or device, text_device or device)}
+    one = devices.pop() if len(devices) == 1 else "cpu"
+    return one if one.startswith("cuda") else "cpu"
+
+
+class _CudaWarmUp:
+    """On CUDA, a thread that starts the context and the libraries the first clip needs (cuBLAS in
+    fp32 and bf16, cuDNN's fp16 convolutions, attention) while the main thread reads the weights;
+    about 2 s of a first clip's time otherwise (bench_first_sound.py). Any error is left for the
+    real work to meet: nothing here is needed for correctness."""
+
+    def __init__(self, device: Any) -> None:
+        import threading
+
+        self.thread = None
+        if str(device).startswith("cuda"):
+            self.thread = threading.Thread(target=self._run, args=(str(device),), name="endless-cuda-warmup",
+                                           daemon=True)
+            self.thread.start()
+
+    @staticmethod
+    def _run(device: str) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        try:
+            x = torch.randn(256, 256, device=device)
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                y = x.to(dtype)
+                _ = y @ y
+            h = x.to(torch.float16)[None, :, :64]  # (1, 256, 64)
+            _ = F.conv1d(h, torch.randn(64, 256, 7, device=device, dtype=torch.float16), padding=3)
+            q = torch.randn(2, 2, 80, 128, device=device, dtype=torch.bfloat16)
+            _ = F.scaled_dot_product_attention(q, q, q, attn_mask=torch.ones(2, 1, 1, 80, dtype=torch.bool,
+                                                                                 device=device))
+            torch.cuda.synchronize(device)
+        except Exception:  # noqa: BLE001, S110 (the real work reports its own errors)
+            pass
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()

@@ -12,14 +12,11 @@ import logging
 import math
 
 import torch
-
-# Imported from their modules: mypy reads `from diffusers import X` as diffusers' dummy objects.
-from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
 from torch import nn
-from transformers import T5EncoderModel
 
 from instrument.generator.checkpoint import LATENT_CHANNELS, TangoFluxConfig
 from instrument.generator.errors import CheckpointError
+from instrument.generator.flux import FluxTransformer
 
 __all__ = ["LATENT_CHANNELS", "DurationEmbedder", "StableAudioPositionalEmbedding", "TangoFluxConfig",
            "TangoFluxModel", "flux_transformer"]
@@ -68,9 +65,11 @@ class TangoFluxModel(nn.Module):
     The misspelt `duration_emebdder` is upstream's: the checkpoint's keys use it.
     """
 
-    def __init__(self, config: TangoFluxConfig, text_encoder: T5EncoderModel) -> None:
+    def __init__(self, config: TangoFluxConfig, text_encoder: nn.Module) -> None:
+        """`text_encoder`: ours (`t5.T5Encoder`) or transformers' `T5EncoderModel`; either has
+        `config.d_model` and is called alike."""
         super().__init__()
-        d_text = int(text_encoder.config.d_model)
+        d_text = int(getattr(text_encoder.config, "d_model"))  # noqa: B009 (nn.Module's typing hides it)
         if d_text != config.joint_attention_dim:
             raise CheckpointError(
                 f"text encoder d_model={d_text} but joint_attention_dim={config.joint_attention_dim}; "
@@ -83,10 +82,10 @@ class TangoFluxModel(nn.Module):
         self.transformer: nn.Module = flux_transformer(config)  # or a compiled / Core ML stand-in
 
 
-def flux_transformer(config: TangoFluxConfig) -> FluxTransformer2DModel:
+def flux_transformer(config: TangoFluxConfig) -> FluxTransformer:
     """TangoFlux's Flux transformer (no guidance embedding; pooled projection of T5's width, which
-    TangoFluxModel checks equals joint_attention_dim)."""
-    return FluxTransformer2DModel(
+    TangoFluxModel checks equals joint_attention_dim): ours (`flux.py`), diffusers' computation."""
+    return FluxTransformer(
         in_channels=config.in_channels,
         num_layers=config.num_layers,
         num_single_layers=config.num_single_layers,
@@ -94,5 +93,4 @@ def flux_transformer(config: TangoFluxConfig) -> FluxTransformer2DModel:
         num_attention_heads=config.num_attention_heads,
         joint_attention_dim=config.joint_attention_dim,
         pooled_projection_dim=config.joint_attention_dim,
-        guidance_embeds=False,
     )

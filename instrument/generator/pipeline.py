@@ -26,9 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-# Imported from their modules: mypy reads `from diffusers import X` as diffusers' dummy objects.
-from diffusers.models.autoencoders.autoencoder_oobleck import AutoencoderOobleck
 from torch import nn
 
 from instrument.clips import Audio, Clip, ClipInfo, to_stereo
@@ -44,9 +41,6 @@ DEFAULT_DURATION = 10.0
 MAX_STEPS = 1000
 MAX_SEED = 2**63 - 1
 DECODE_MARGIN = 16  # latents decoded past a clip's end (the VAE decoder's receptive field is < 8)
-
-# diffusers < 0.32 accepts Flux's attention_mask and silently ignores it: the padding would leak in.
-MIN_DIFFUSERS = (0, 32)
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps in all)
 CancelCheck = Callable[[], bool]
@@ -72,17 +66,6 @@ def initial_noise(seeds: Sequence[int], seq_len: int, channels: int = LATENT_CHA
     return torch.stack(
         [torch.randn(seq_len, channels, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
     )
-
-
-def _check_diffusers() -> None:
-    import diffusers
-
-    found = tuple(int(p) if p.isdigit() else 0 for p in diffusers.__version__.split(".")[:2])
-    if found < MIN_DIFFUSERS:
-        raise RuntimeError(
-            f"diffusers {diffusers.__version__} ignores Flux attention masks; "
-            f"install diffusers>={'.'.join(map(str, MIN_DIFFUSERS))}"
-        )
 
 
 @dataclass(frozen=True)
@@ -119,7 +102,7 @@ class TangoFluxPipeline:
     def __init__(
         self,
         model: TangoFluxModel,
-        vae: AutoencoderOobleck,
+        vae: Any,  # ours (`oobleck.OobleckVAE`) or diffusers' AutoencoderOobleck: `.decode(z).sample`
         tokenizer: Any,
         *,
         device: str | torch.device = "cpu",  # the transformer, fc and duration embedder
@@ -130,7 +113,6 @@ class TangoFluxPipeline:
         cache_size: int = 256,  # prompts whose T5 output is kept
         name: str = "tangoflux",  # the model id clips are tagged with
     ) -> None:
-        _check_diffusers()
         self.config = model.config
         self.device = torch.device(device)
         self.dtype = dtype

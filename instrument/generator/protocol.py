@@ -88,6 +88,15 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class Compiled:
+    """CUDA: the transformer is compiled and its graphs captured (after the first clips, made
+    without it): full speed from here. `reused`: artifacts that came from the on-disk cache."""
+
+    seconds: float
+    reused: int
+
+
+@dataclass(frozen=True)
 class Progress:
     ids: tuple[int, ...]
     step: int
@@ -129,4 +138,4 @@ class Heartbeat:
 
 
 ToWorker = Request | Cancel | Shutdown
-FromWorker = Ready | Progress | ClipReady | Dropped | Failed | Heartbeat
+FromWorker = Ready | Compiled | Progress | ClipReady | Dropped | Failed | Heartbeat
