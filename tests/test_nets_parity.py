@@ -167,10 +167,28 @@ def test_text_encoder_weights_missing_everywhere_name_the_keys(checkpoint: Path,
 
 
 def test_loading_a_pipeline_imports_neither_diffusers_nor_transformers(checkpoint: Path) -> None:
-    """The worker's start: importing them took 5-11 s of a warm CUDA start (README, First sound)."""
+    """The worker's start: importing them took 5-11 s of a warm CUDA start (README, First sound);
+    torch._dynamo and sympy (3-4 s more there) come only with a compile, not with the load or a
+    clip (a random init on meta tensors imported them: `empty_modules`)."""
     code = ("import sys; from instrument.generator.loading import load_pipeline; "
             f"p = load_pipeline({str(checkpoint)!r}); p.generate('rain', steps=1, duration=1.0); "
-            "print(sorted(m for m in ('diffusers', 'transformers', 'sklearn', 'peft') if m in sys.modules))")
+            "print(sorted(m for m in ('diffusers', 'transformers', 'sklearn', 'peft', 'torch._dynamo', 'sympy') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_empty_modules_builds_on_meta_and_puts_every_init_back() -> None:
+    from instrument.generator.model import StableAudioPositionalEmbedding, empty_modules
+
+    before = torch.nn.Linear.reset_parameters
+    with empty_modules():
+        meta = torch.nn.Linear(4, 3)
+        fourier = StableAudioPositionalEmbedding(8)
+    assert meta.weight.device.type == "meta" and fourier.weights.device.type == "meta"
+    assert torch.nn.Linear.reset_parameters is before
+    torch.manual_seed(0)
+    real = torch.nn.Linear(4, 3)  # initialised again: not all zeros, within kaiming's bound
+    assert real.weight.abs().max() > 0 and real.weight.abs().max() <= 0.5
+    assert StableAudioPositionalEmbedding(8).weights.std() > 0

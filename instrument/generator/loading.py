@@ -152,9 +152,9 @@ def load_text_encoder(folder: Path, overrides: dict[str, torch.Tensor], source: 
     """(T5 encoder, tokenizer) from a transformers T5 folder, `overrides` (TangoFlux's `text_encoder.*`
     weights, prefix removed) on top of the folder's own `model.safetensors`; ours (`t5.py`), which
     imports no transformers. A folder without `tokenizer.json` gets transformers' tokenizer."""
-    import torch
     from safetensors import safe_open
 
+    from instrument.generator.model import empty_modules
     from instrument.generator.t5 import T5Config, T5Encoder, Tokenizer
 
     config = T5Config.read(folder / "config.json")
@@ -164,7 +164,7 @@ def load_text_encoder(folder: Path, overrides: dict[str, torch.Tensor], source: 
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
-    with torch.device("meta"):
+    with empty_modules():
         encoder = T5Encoder(config)
     expected = set(encoder.state_dict()) - {TIED_EMBEDDING}  # the same tensor as shared.weight
     state = {("shared.weight" if k == TIED_EMBEDDING else k): v for k, v in overrides.items()}
@@ -196,11 +196,10 @@ def load_model(paths: CheckpointPaths, device: str | torch.device = "cpu") -> tu
     """(model, vae, tokenizer) on `device`, in the checkpoint's dtypes, weights checked key by key.
     Our modules only (`flux.py`, `t5.py`, `oobleck.py`): no diffusers or transformers import. On a
     GPU the tensors go there as they are read (and are converted there): no CPU copy of the model."""
-    import torch
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from instrument.generator.model import TangoFluxModel
+    from instrument.generator.model import TangoFluxModel, empty_modules
     from instrument.generator.oobleck import OobleckConfig, load_decoder
 
     device = str(device)
@@ -211,7 +210,7 @@ def load_model(paths: CheckpointPaths, device: str | torch.device = "cpu") -> tu
     }
     text_encoder, tokenizer = load_text_encoder(paths.text_encoder, te_weights, paths.weights, device)
 
-    with torch.device("meta"):  # built without random init; every tensor comes from the file
+    with empty_modules():  # every tensor comes from the file
         model = TangoFluxModel(config, text_encoder)
     rest = {k: v for k, v in weights.items() if not k.startswith(TEXT_ENCODER_PREFIX)}
     result = model.load_state_dict(rest, strict=False, assign=True)

@@ -8,8 +8,10 @@ The pipeline (`pipeline.py`) runs them; `loading.py` and `tiny.py` build them fr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -23,6 +25,31 @@ __all__ = ["LATENT_CHANNELS", "DurationEmbedder", "StableAudioPositionalEmbeddin
 
 log = logging.getLogger(__name__)
 
+_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding, nn.modules.conv._ConvNd, nn.LayerNorm,
+                                        nn.RMSNorm)  # where each init is defined (and ours, below)
+
+
+@contextlib.contextmanager
+def empty_modules() -> Iterator[None]:
+    """Build modules on the meta device without their random init, for weights that come from a
+    file (`load_state_dict(..., assign=True)`). The init matters for time, not for values: a random
+    init on meta tensors runs torch's Python reference ops, which import torch._dynamo and sympy
+    (3-4 s on an H100 machine: most of a model load)."""
+    layers = (*_LAYERS, StableAudioPositionalEmbedding)
+    saved = {cls: cls.__dict__["reset_parameters"] for cls in layers}
+    try:
+        for cls in layers:
+            setattr(cls, "reset_parameters", _no_init)  # noqa: B010
+        with torch.device("meta"):
+            yield
+    finally:
+        for cls, fn in saved.items():
+            setattr(cls, "reset_parameters", fn)  # noqa: B010
+
+
+def _no_init(self: nn.Module) -> None:
+    return None
+
 
 class StableAudioPositionalEmbedding(nn.Module):
     """Random Fourier features of a scalar in [0, 1] (Stable Audio's; upstream's parameter names)."""
@@ -31,7 +58,11 @@ class StableAudioPositionalEmbedding(nn.Module):
         super().__init__()
         if dim % 2:
             raise ValueError(f"dim={dim}: expected an even number")
-        self.weights = nn.Parameter(torch.randn(dim // 2))
+        self.weights = nn.Parameter(torch.empty(dim // 2))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weights)  # upstream: torch.randn
 
     def forward(self, times: torch.Tensor) -> torch.Tensor:
         times = times[..., None]  # (B, 1)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from instrument.generator.errors import CheckpointError
+from instrument.generator.model import empty_modules
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def fold_weight_norm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def load_decoder(config: OobleckConfig, state: Mapping[str, torch.Tensor], source: str) -> OobleckVAE:
     """The decoder from a `vae.safetensors` state dict (encoder keys ignored), weights folded."""
-    with torch.device("meta"):
+    with empty_modules():
         vae = OobleckVAE(config)
     decoder = fold_weight_norm({k: v for k, v in state.items() if k.startswith("decoder.")})
     try:
