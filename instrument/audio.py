@@ -23,6 +23,7 @@ import numpy as np
 
 from instrument.engine import Engine
 from instrument.errors import AudioDeviceError
+from instrument.priority import realtime_audio
 from instrument.render import Recorder
 from instrument.rt import Mixer, Stream
 from instrument.rt.mixer import UNDERFLOW
@@ -293,6 +294,7 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
     stalled: AudioStalledError | None = None
+    promoted = False  # the audio thread asked for realtime scheduling (once its id is known)
     try:
         with out:
             watch = Watchdog(engine.mixer, stall)
@@ -304,6 +306,9 @@ def play(engine: Engine, device: int | None = None, blocksize: int = 0, latency:
                     engine.schedule_script(engine.mixer.frame + int(lookahead * sr))
                     engine.pump()
                 times.drain()
+                if not promoted and engine.mixer.audio_tid:
+                    promoted = True
+                    log.info("%s", realtime_audio(engine.mixer.audio_tid))
                 now = time.monotonic()
                 if watch.stalled(now):
                     stalled = AudioStalledError(
