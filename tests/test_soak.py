@@ -49,6 +49,9 @@ def test_a_60_second_soak_live_and_offline() -> None:
     assert live["mode"] == "live" and offline["mode"] == "offline"
     assert live["rss_start_mb"] is not None and live["rss_growth_pct"] <= 25.0, live
     assert live["underflows"] <= 600, live
+    # jackd's xruns by cause (its verbose log), and the underflows not at one of the driver's own
+    assert live["driver_xruns"] >= 0 and live["client_xruns"] >= 0 and live["late_clients"] in ([], ["PortAudio"]), live
+    assert live["underflows_ours"] + live["underflows_at_driver_xruns"] == live["underflows"], live
     assert live["starvations"] <= 80, live
     assert live["clips_dropped"] == 0 and live["recorder_overflows"] == 0, live
     assert offline["starvations"] == 0, offline
