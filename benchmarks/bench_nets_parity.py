@@ -25,9 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from instrument.generator.flux import FluxTransformer  # noqa: E402
 from instrument.generator.oobleck import OobleckConfig, load_decoder  # noqa: E402
-from instrument.generator.t5 import T5Config, T5Encoder  # noqa: E402
+from tests.generator_fixtures import flux_pair, t5_pair  # noqa: E402 (the tests' pairs: the same weights)
 
 TARGET = {"float32": 1e-5, "bfloat16": 1e-2, "float16": 1e-2}
 
@@ -37,26 +36,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a64 - b64).norm() / b64.norm())
 
 
-def seeded(module: torch.nn.Module, seed: int, scale: float = 0.5) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, v in module.state_dict().items():
-        x = torch.randn(v.shape, generator=g)
-        fan_in = max(1, v[0].numel()) if v.ndim > 1 else 1
-        out[k] = x * (scale / fan_in**0.5 if v.ndim > 1 else 0.1) + (1.0 if k.endswith("weight_g") else 0.0)
-    return out
-
-
 def flux(device: str) -> list[dict[str, Any]]:
-    from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
-
-    kw = dict(in_channels=64, num_layers=6, num_single_layers=18, attention_head_dim=128, num_attention_heads=8,
-              joint_attention_dim=1024, pooled_projection_dim=1024)
-    ref = FluxTransformer2DModel(**kw).eval()
-    ours = FluxTransformer(**kw).eval()
-    state = seeded(ref, 1)
-    ref.load_state_dict(state)
-    ours.load_state_dict(state)
+    ref, ours = flux_pair(1, in_channels=64, num_layers=6, num_single_layers=18, attention_head_dim=128,
+                          num_attention_heads=8, joint_attention_dim=1024, pooled_projection_dim=1024)
     g = torch.Generator().manual_seed(2)
     b, t, seq = 2, 65, 645
     mask = torch.ones(b, t + seq, dtype=torch.bool)
@@ -79,16 +61,8 @@ def flux(device: str) -> list[dict[str, Any]]:
 
 
 def t5(device: str) -> list[dict[str, Any]]:
-    from transformers import T5Config as HFConfig
-    from transformers import T5EncoderModel
-
-    cfg = dict(vocab_size=32128, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16,
-               feed_forward_proj="gated-gelu")
-    ref = T5EncoderModel(HFConfig(**cfg, dropout_rate=0.0)).eval()
-    ours = T5Encoder(T5Config(**cfg)).eval()
-    state = seeded(ref, 3)
-    ref.load_state_dict(state)
-    ours.load_state_dict(state)
+    ref, ours = t5_pair(3, vocab_size=32128, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16,
+                        feed_forward_proj="gated-gelu")
     ids = torch.randint(2, 32128, (2, 64), generator=torch.Generator().manual_seed(4))
     mask = torch.ones_like(ids)
     mask[0, 12:] = 0

@@ -94,3 +94,43 @@ def upstream_inference(checkpoint: Path) -> Any:
     inference.model.eval()
     inference.vae.eval()
     return inference
+
+
+# -- our modules and the libraries', with the same weights (test_nets_parity, bench_nets_parity) ----
+def seeded_state(module: torch.nn.Module, seed: int, scale: float = 0.5) -> dict[str, torch.Tensor]:
+    """Random values for a module's state dict: matrices ~ scale / sqrt(fan-in), vectors ~ 0.1."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in module.state_dict().items():
+        x = torch.randn(v.shape, generator=g)
+        out[k] = x * (scale / max(1, v[0].numel()) ** 0.5) if v.ndim > 1 else 0.1 * x
+    return out
+
+
+def flux_pair(seed: int, **kw: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(diffusers' FluxTransformer2DModel, ours) of the same shape with the same weights, eval."""
+    from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
+
+    from instrument.generator.flux import FluxTransformer
+
+    ref = FluxTransformer2DModel(**kw, guidance_embeds=False).eval()
+    ours = FluxTransformer(**kw).eval()
+    state = seeded_state(ref, seed)
+    ref.load_state_dict(state)
+    ours.load_state_dict(state)  # strict: the same names, nothing left over
+    return ref, ours
+
+
+def t5_pair(seed: int, **cfg: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(transformers' T5EncoderModel, ours) of the same config with the same weights, eval."""
+    from transformers import T5Config as HFConfig
+    from transformers import T5EncoderModel
+
+    from instrument.generator.t5 import T5Config, T5Encoder
+
+    ref = T5EncoderModel(HFConfig(**cfg, dropout_rate=0.0)).eval()
+    ours = T5Encoder(T5Config(**cfg)).eval()
+    state = seeded_state(ref, seed)
+    ref.load_state_dict(state)
+    ours.load_state_dict(state)
+    return ref, ours

@@ -17,13 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from instrument.generator.flux import FluxTransformer
 from instrument.generator.loading import load_text_encoder, read_config
 from instrument.generator.model import flux_transformer
 from instrument.generator.oobleck import OobleckConfig, load_decoder
-from instrument.generator.t5 import T5Config, T5Encoder, Tokenizer
+from instrument.generator.t5 import Tokenizer
 from instrument.generator.tiny import FULL_CONFIG, TEXT_ENCODER_DIR
-from tests.generator_fixtures import PROMPTS, rel_error, tiny_checkpoint
+from tests.generator_fixtures import PROMPTS, flux_pair, rel_error, t5_pair, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5  # relative error, fp32
@@ -34,24 +33,11 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_checkpoint(tmp_path_factory)
 
 
-def _seeded_state(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=g) * (0.5 if v.ndim > 1 else 0.1)
-            for k, v in module.state_dict().items()}
-
-
 def test_flux_transformer_equals_diffusers_on_a_wider_config() -> None:
     """Two heads, two double and two single blocks, a padded text mask and half the batch's rows
     masked differently: every branch of the block code, against diffusers with the same weights."""
-    from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
-
-    kw = dict(in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=128, num_attention_heads=2,
-              joint_attention_dim=48, pooled_projection_dim=48)
-    ref = FluxTransformer2DModel(**kw, guidance_embeds=False).eval()
-    ours = FluxTransformer(**kw).eval()
-    state = _seeded_state(ref, 1)
-    ref.load_state_dict(state)
-    ours.load_state_dict(state)  # strict: the same names, nothing left over
+    ref, ours = flux_pair(1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=128,
+                          num_attention_heads=2, joint_attention_dim=48, pooled_projection_dim=48)
     g = torch.Generator().manual_seed(2)
     b, t, seq = 4, 9, 40
     text_mask = torch.ones(b, t, dtype=torch.bool)
@@ -102,15 +88,8 @@ def test_t5_encoder_equals_transformers(checkpoint: Path) -> None:
 
 def test_t5_relative_buckets_reach_past_max_distance() -> None:
     """Sequences longer than the exact range use the log buckets: 300 tokens against transformers."""
-    from transformers import T5Config as HFConfig
-    from transformers import T5EncoderModel
-
-    cfg = dict(vocab_size=50, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu")
-    ref = T5EncoderModel(HFConfig(**cfg, dropout_rate=0.0, tie_word_embeddings=False)).eval()
-    ours = T5Encoder(T5Config(**cfg)).eval()
-    state = _seeded_state(ref, 3)
-    ref.load_state_dict(state)
-    ours.load_state_dict(state)
+    ref, ours = t5_pair(3, vocab_size=50, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4,
+                        feed_forward_proj="gated-gelu")
     ids = torch.randint(2, 50, (2, 300), generator=torch.Generator().manual_seed(4))
     mask = torch.ones_like(ids)
     mask[1, 250:] = 0
