@@ -176,11 +176,10 @@ class LoggedJack(JackServer):
             self._reader.join(5)
 
     def xruns(self) -> dict[str, Any]:
-        """jackd's xruns by cause, and when the driver's own came (ns)."""
+        """jackd's xruns by cause: when each came (ns), and the late clients' names."""
         driver = [t for t, ln in self.xrun_lines if DRIVER_XRUN.search(ln)]
         clients = [(t, m.group(1)) for t, ln in self.xrun_lines if (m := CLIENT_XRUN.search(ln))]
-        return {"driver": driver, "client": len(clients), "clients": sorted({c for _, c in clients}),
-                "client_ns": [t for t, _ in clients]}
+        return {"driver": driver, "client": [t for t, _ in clients], "clients": sorted({c for _, c in clients})}
 
 
 def split_underflows(underflow_ns: list[int], driver_ns: list[int]) -> tuple[int, int]:
@@ -233,9 +232,9 @@ def run_live(seconds: float, work: Path, script: Path, warmup: float | None = No
         mem.join(5)
         rec["wall_s"] = round(time.monotonic() - t0, 1)
     xr = server.xruns()
-    rec |= {"jackd_xruns": len(xr["driver"]) + xr["client"], "driver_xruns": len(xr["driver"]),
-            "client_xruns": xr["client"], "late_clients": xr["clients"],
-            "client_xruns_at_s": [round((t - t0 * 1e9) / 1e9, 2) for t in xr["client_ns"]]}
+    rec |= {"jackd_xruns": len(xr["driver"]) + len(xr["client"]), "driver_xruns": len(xr["driver"]),
+            "client_xruns": len(xr["client"]), "late_clients": xr["clients"],
+            "client_xruns_at_s": [round((t - t0 * 1e9) / 1e9, 2) for t in xr["client"]]}
     rec |= mem.figures(warmup_of(seconds, warmup))
     if proc.returncode != 0 and "error" not in rec:
         rec["error"] = f"exit {proc.returncode}: " + (err.strip().splitlines() or ["no output"])[-1]

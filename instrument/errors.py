@@ -1,6 +1,11 @@
 """The project's named exceptions. Every message is one line: the value, what is allowed, the fix."""
 
 
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception as one line for a log or a message: "Type: text", whitespace folded, at most `limit`."""
+    return " ".join(f"{type(e).__name__}: {e}".split())[:limit]
+
+
 class EndlessError(Exception):
     """Base of every error the instrument reports to a user; the CLI prints it as one line."""
 

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from instrument.blend import parse_blend
+from instrument.errors import one_line
 
 __all__ = ["BUILTIN_ID", "DEFAULT_MODEL", "BuiltinEmbedder", "Embedder", "STEmbedder", "embed_prompt",
            "load_embedder"]
@@ -163,7 +164,7 @@ def load_embedder(model: str | None = None) -> Embedder:
         try:
             return STEmbedder(_load_st(source), source)
         except Exception as e:  # a damaged download, a missing file, an import failure: never fatal
-            why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            why = one_line(e)
     if name not in _warned:
         _warned.add(name)
         log.warning("embeddings: sentence-transformers model %r cannot be loaded offline (%s): using the "

@@ -16,6 +16,7 @@ import time
 from instrument.archive.embed import Embedder, embed_prompt
 from instrument.archive.store import Archive
 from instrument.clips import Clip
+from instrument.errors import one_line
 
 __all__ = ["ArchiveWriter"]
 
@@ -133,4 +134,4 @@ class ArchiveWriter:
 def _reason(e: BaseException) -> str:
     if isinstance(e, OSError):
         return e.strerror + (f": {e.filename}" if e.filename else "") if e.strerror else str(e)
-    return " ".join(f"{type(e).__name__}: {e}".split())[:200]
+    return one_line(e, 200)

@@ -7,8 +7,8 @@ scheduling class (the rest of the worker is in the idle class) and needs no pipe
 machine or a clip being written cannot hold a beat back.
 
 Load the pipeline and say Ready; on CUDA, the first batch runs eagerly and the compile follows it
-(`Compiled` when done), so the first clip does not wait for the compile. Then loop: take requests (priority first), batch those with equal steps,
-generate with progress after every step, check for cancels between steps, post-process each clip
+(`Compiled` when done), so the first clip does not wait for the compile. Then loop: take requests
+(priority first), batch those with equal steps, generate with progress after every step, check for cancels between steps, post-process each clip
 (finite check, fades, loudness, resample) and send it back through the pipe. The model's modules
 are imported here, inside `run`, so the instrument that imports this module for the spawn target
 never imports torch.
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from instrument.errors import EndlessError
+from instrument.errors import EndlessError, one_line
 from instrument.generator.errors import Cancelled
 from instrument.generator.protocol import (
     Cancel,
@@ -128,7 +128,7 @@ class _Child:
         try:
             took, reused = compile_and_warm(pipe, sizes)
         except Exception as e:
-            self.send(Failed(f"generator: compiling failed ({_compile_note(e)}): generating without it, slower"))
+            self.send(Failed(f"generator: compiling failed ({one_line(e)}): generating without it, slower"))
             return
         finally:
             self.compiling = False
@@ -178,20 +178,19 @@ class _Child:
         from instrument.generator.post import NonFiniteAudio, postprocess
 
         sizes = self.batch_sizes()
-        compile_pending = compile_and_warm is not None
+        pending = compile_and_warm  # None once compiled (or never: not CUDA)
         served = False
         ready_at = time.monotonic()
         while not self.stop:
-            self.drain(0.0 if self.queue else FIRST_REQUEST_POLL if compile_pending else HEARTBEAT_SECONDS)
+            self.drain(0.0 if self.queue else FIRST_REQUEST_POLL if pending else HEARTBEAT_SECONDS)
             if self.stop:
                 break
-            if (compile_and_warm is not None and compile_pending
-                    and (served or not self.queue and time.monotonic() - ready_at > FIRST_REQUEST_WAIT)):
-                compile_pending = False
-                self.compile(pipe, sizes, compile_and_warm)
+            if pending is not None and (served or not self.queue and time.monotonic() - ready_at > FIRST_REQUEST_WAIT):
+                self.compile(pipe, sizes, pending)
+                pending = None
                 continue
             if not self.queue:
-                if not compile_pending:
+                if pending is None:
                     self.send(Heartbeat("ready", time.time()))
                 continue
             served = True
@@ -229,10 +228,6 @@ class _Child:
                     self.send(Dropped(r.id, r.slot, f"non-finite audio: {e}"))
                     continue
                 self.send(ClipReady(r.id, r.slot, r.generation, clip, len(batch), lufs))
-
-
-def _compile_note(e: BaseException) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
 
 
 def _lower_priority(nice: int, keep: int) -> None:

@@ -106,7 +106,6 @@ class Attention(nn.Module):
         self.to_q = nn.Linear(dim, inner)
         self.to_k = nn.Linear(dim, inner)
         self.to_v = nn.Linear(dim, inner)
-        self.joint = joint
         if joint:
             self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
             self.norm_added_q = nn.RMSNorm(head_dim, eps=eps)
@@ -258,7 +257,6 @@ class FluxTransformer(nn.Module):
                  num_attention_heads: int, joint_attention_dim: int, pooled_projection_dim: int) -> None:
         super().__init__()
         dim = num_attention_heads * attention_head_dim
-        self.inner_dim = dim
         self.pos_embed = RotaryEmbedding()
         self.time_text_embed = TimeTextEmbedding(dim, pooled_projection_dim)
         self.context_embedder = nn.Linear(joint_attention_dim, dim)

@@ -181,7 +181,7 @@ def load_text_encoder(folder: Path, overrides: dict[str, torch.Tensor], source: 
         with safe_open(str(own), framework="pt", device=device) as f:
             keys = set(f.keys())
             for key in sorted(need):
-                name = key if key in keys else TIED_EMBEDDING if key == "shared.weight" else key
+                name = TIED_EMBEDDING if key == "shared.weight" and key not in keys else key
                 if name in keys:
                     state[key] = f.get_tensor(name)
     missing = sorted(expected - set(state))
@@ -290,8 +290,9 @@ def _load_device(device: Any, vae_device: Any, text_device: Any) -> str:
 
 class _CudaWarmUp:
     """On CUDA, a thread that starts the context and the libraries the first clip needs (cuBLAS in
-    fp32 and bf16, cuDNN's fp16 convolutions, attention) while the main thread reads the weights;
-    about 2 s of a first clip's time otherwise (bench_first_sound.py). Any error is left for the
+    fp32 and bf16, cuDNN's fp16 convolutions, attention) while the main thread reads the weights,
+    instead of during the first clip (not measured apart: bench_first_sound.py times the load and
+    the first clip together with the other start-up changes). Any error is left for the
     real work to meet: nothing here is needed for correctness."""
 
     def __init__(self, device: Any) -> None:

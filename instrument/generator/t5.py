@@ -229,8 +229,9 @@ class Tokenizer:
                  truncation: bool = False, return_tensors: str | None = None) -> Any:
         """The subset of transformers' call the conditioning uses: right-padding to `max_length`,
         truncation keeping </s> last; `.input_ids` and `.attention_mask` (tensors with "pt")."""
-        one = isinstance(texts, str)
-        rows = [self.tokenize(t) for t in ([texts] if isinstance(texts, str) else texts)]
+        listed = [texts] if isinstance(texts, str) else texts
+        one = listed is not texts
+        rows = [self.tokenize(t) for t in listed]
         if truncation and max_length is not None:
             rows = [r if len(r) <= max_length else [*r[: max_length - 1], self.eos_id] for r in rows]
         masks = [[1] * len(r) for r in rows]

@@ -55,7 +55,6 @@ class GeneratorClient:
         self.backoff = backoff
         self.state: WorkerState = "stopped"
         self.ready: Ready | None = None
-        self.compiled: Compiled | None = None  # CUDA: when the compile after the first clips finished
         self.error: str | None = None
         self.restarts = 0
         self.progress: Progress | None = None
@@ -192,10 +191,8 @@ class GeneratorClient:
     def _track(self, msg: FromWorker) -> None:
         if isinstance(msg, Ready):
             self.ready = msg
-            self.compiled = None
             self.state = "busy" if self.outstanding else "ready"
         elif isinstance(msg, Compiled):
-            self.compiled = msg
             log.info("generator: compiled in %.1f s (%d artifacts from the compile cache): full speed from here",
                      msg.seconds, msg.reused)
         elif isinstance(msg, Progress):
